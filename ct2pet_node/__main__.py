@@ -1,0 +1,3 @@
+from ct2pet_node.cli import main
+
+main()

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs ct2pet-node into the current Python environment.
+#   scripts/install.sh          the node
+#   scripts/install.sh --test   the node, the test tools and the DICOM peers the tests talk to
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+with_tests=0
+[ "${1:-}" = "--test" ] && with_tests=1
+
+if [ "$with_tests" = 1 ]; then
+    # Real peers: dcmtk (storescu/storescp/echoscu and codecs), Orthanc (a PACS), dicom3tools (dciodvfy).
+    missing=()
+    for tool in storescu dcmcjpls Orthanc dciodvfy unshare ip; do
+        command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends dcmtk orthanc dicom3tools iproute2 util-linux >/dev/null
+    fi
+fi
+
+# torch first and pinned: a bare "torch" requirement would pull the CUDA build and
+# gigabytes of packages; pyproject keeps a range so a CUDA install also satisfies it.
+python3 -m pip install -q "torch==2.13.0" 2>/dev/null || python3 -m pip install -q "torch>=2.2,<3"
+if [ "$with_tests" = 1 ]; then
+    python3 -m pip install -q -e ".[test]"
+else
+    python3 -m pip install -q -e .
+fi
