@@ -1,0 +1,1 @@
+"""DICOM reading and writing: headers -> records, series -> volume (pydicom lives here)."""

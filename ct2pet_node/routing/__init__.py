@@ -1,0 +1,1 @@
+"""Which series qualify and when a series is complete; pure deciding code, no I/O."""
