@@ -1,0 +1,182 @@
+"""The one conversion point between the CT's grid and the model's in-plane grid.
+
+Both grids share the CT's slices (same count, same positions, same slice
+normal); only the in-plane sampling differs. The model grid covers exactly
+the CT's field of view, edge to edge: pixel edges, not pixel centres, are
+aligned, which is what ``torch.nn.functional.interpolate(align_corners=False)``
+and every image resize do. Arrays are ``(z, y, x)`` and affines map
+``(x, y, z, 1)`` voxel indices to patient LPS mm (see
+:mod:`ct2pet_node.domain.volume`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ct2pet_node.domain.volume import CtVolume, PetVolume
+from ct2pet_node.errors import InputError
+
+GRIDS = ("model", "ct")
+# Grids are "the same slices" when they agree to a micrometre.
+_SLICE_TOLERANCE = 1e-3
+
+
+def model_grid_affine(ct: CtVolume, size: int) -> np.ndarray:
+    """The affine of a ``size`` x ``size`` in-plane grid over the CT's field of view.
+
+    Parameters
+    ----------
+    ct : CtVolume
+        The source CT; its slice positions and directions are kept.
+    size : int
+        Rows and columns of the model grid (e.g. 256).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 4x4, voxel (x, y, z, 1) -> patient LPS mm. Column spacing is
+        ``ct columns * ct column spacing / size``, likewise for rows, so a
+        non-square CT gives non-square model pixels.
+    """
+    if size < 1:
+        raise InputError(f"model grid size {size} must be at least 1")
+    _, rows, columns = ct.hu.shape
+    scale_x = columns / size
+    scale_y = rows / size
+    affine = np.array(ct.affine, dtype=np.float64, copy=True)
+    affine[:3, 0] = ct.affine[:3, 0] * scale_x
+    affine[:3, 1] = ct.affine[:3, 1] * scale_y
+    # Model pixel 0's centre sits half a model pixel inside the CT's edge,
+    # which itself is half a CT pixel outside CT pixel 0's centre.
+    affine[:3, 3] = (
+        ct.affine[:3, 3] + ct.affine[:3, 0] * (scale_x - 1.0) / 2.0 + ct.affine[:3, 1] * (scale_y - 1.0) / 2.0
+    )
+    return affine
+
+
+def _in_plane_map(source_affine: np.ndarray, target_affine: np.ndarray) -> np.ndarray:
+    """The 2x3 map from target (x, y, 1) to source (x, y), checked to keep slices."""
+    mapping = np.linalg.inv(source_affine) @ target_affine
+    keeps_slices = (
+        np.allclose(mapping[2], (0.0, 0.0, 1.0, 0.0), atol=_SLICE_TOLERANCE)
+        and abs(mapping[0, 2]) < _SLICE_TOLERANCE
+        and abs(mapping[1, 2]) < _SLICE_TOLERANCE
+    )
+    if not keeps_slices:
+        raise InputError(
+            "the two grids do not share their slices (positions or slice normal differ); "
+            "resample only between grids built from the same CT volume"
+        )
+    return np.asarray(mapping[:2][:, [0, 1, 3]], dtype=np.float64)
+
+
+def _axis_weights(coords: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Lower index, upper index, upper weight and inside mask along one axis.
+
+    Points up to half a pixel beyond the outermost centres take the edge
+    value (the grids share their field of view, so the CT's edge pixels
+    always fall there); points further out are outside and get 0.
+    """
+    inside = (coords >= -0.5) & (coords <= length - 0.5)
+    clamped = np.clip(coords, 0.0, length - 1.0)
+    lower = np.floor(clamped).astype(np.intp)
+    lower = np.minimum(lower, max(length - 2, 0))
+    upper = np.minimum(lower + 1, length - 1)
+    weight = clamped - lower
+    return lower, upper, weight, inside
+
+
+def resample_in_plane(
+    values: np.ndarray, source_affine: np.ndarray, target_affine: np.ndarray, target_shape: tuple[int, int]
+) -> np.ndarray:
+    """Bilinear resampling, in patient space, of every slice onto another in-plane grid.
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        Shape (z, y, x) on the grid of ``source_affine``.
+    source_affine, target_affine : numpy.ndarray
+        float 4x4, voxel (x, y, z, 1) -> patient LPS mm; they must share slices.
+    target_shape : tuple of int
+        (rows, columns) of the target grid.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, shape (z, rows, columns); 0 where the target lies outside
+        the source's field of view.
+    """
+    if values.ndim != 3:
+        raise InputError(f"values must be (z, y, x), got shape {values.shape}")
+    mapping = _in_plane_map(source_affine, target_affine)
+    data = values.astype(np.float32, copy=False)
+    if abs(mapping[0, 1]) < 1e-9 and abs(mapping[1, 0]) < 1e-9:
+        result = _separable(data, mapping, target_shape)
+    else:
+        result = _general(data, mapping, target_shape)
+    resampled: np.ndarray = result.astype(np.float32, copy=False)
+    return resampled
+
+
+def _separable(data: np.ndarray, mapping: np.ndarray, target_shape: tuple[int, int]) -> np.ndarray:
+    """Axis-aligned grids (the usual case): along rows, then along columns."""
+    rows, columns = target_shape
+    source_x = mapping[0, 0] * np.arange(columns, dtype=np.float64) + mapping[0, 2]
+    source_y = mapping[1, 1] * np.arange(rows, dtype=np.float64) + mapping[1, 2]
+    x0, x1, wx, inside_x = _axis_weights(source_x, data.shape[2])
+    y0, y1, wy, inside_y = _axis_weights(source_y, data.shape[1])
+    weight_x, weight_y = wx.astype(np.float32), wy.astype(np.float32)[:, None]
+    # Rows first: gathering whole rows copies contiguous memory, the cheap way round.
+    low_rows = data[:, y0, :]
+    along_y = low_rows + (data[:, y1, :] - low_rows) * weight_y
+    low_columns = along_y[:, :, x0]
+    result: np.ndarray = low_columns + (along_y[:, :, x1] - low_columns) * weight_x
+    result[:, ~inside_y, :] = 0.0
+    result[:, :, ~inside_x] = 0.0
+    return result
+
+
+def _general(data: np.ndarray, mapping: np.ndarray, target_shape: tuple[int, int]) -> np.ndarray:
+    """Any in-plane rotation or shear between the grids: four gathers per target pixel."""
+    rows, columns = target_shape
+    grid_y, grid_x = np.meshgrid(
+        np.arange(rows, dtype=np.float64), np.arange(columns, dtype=np.float64), indexing="ij"
+    )
+    source_x = mapping[0, 0] * grid_x + mapping[0, 1] * grid_y + mapping[0, 2]
+    source_y = mapping[1, 0] * grid_x + mapping[1, 1] * grid_y + mapping[1, 2]
+    x0, x1, wx, inside_x = _axis_weights(source_x, data.shape[2])
+    y0, y1, wy, inside_y = _axis_weights(source_y, data.shape[1])
+    top = data[:, y0, x0] * (1.0 - wx) + data[:, y0, x1] * wx
+    bottom = data[:, y1, x0] * (1.0 - wx) + data[:, y1, x1] * wx
+    result: np.ndarray = top * (1.0 - wy) + bottom * wy
+    result[:, ~(inside_x & inside_y)] = 0.0
+    return result
+
+
+def to_ct_grid(values: np.ndarray, model_affine: np.ndarray, ct: CtVolume) -> np.ndarray:
+    """``values`` (z, h, w) on the grid of ``model_affine``, resampled to the CT's (z, rows, columns)."""
+    if values.shape[0] != ct.hu.shape[0]:
+        raise InputError(f"values have {values.shape[0]} slices but the CT has {ct.hu.shape[0]}")
+    return resample_in_plane(values, model_affine, ct.affine, (ct.hu.shape[1], ct.hu.shape[2]))
+
+
+def pet_on_grid(pet: PetVolume, grid: str, model_size: int) -> PetVolume:
+    """The PET volume on the configured output grid (``output.grid``).
+
+    Parameters
+    ----------
+    grid : str
+        ``"ct"``: the CT's own grid; ``"model"``: ``model_size`` square over
+        the CT's field of view. A volume already on that grid is returned as is.
+    """
+    if grid not in GRIDS:
+        raise InputError(f"output grid {grid!r} is unknown; use one of {GRIDS}")
+    ct = pet.source
+    if grid == "ct":
+        affine, shape = ct.affine, (ct.hu.shape[1], ct.hu.shape[2])
+    else:
+        affine, shape = model_grid_affine(ct, model_size), (model_size, model_size)
+    if pet.values.shape[1:] == shape and np.allclose(pet.affine, affine, atol=_SLICE_TOLERANCE):
+        return pet
+    values = resample_in_plane(pet.values, pet.affine, affine, shape)
+    return PetVolume(values=values, affine=affine, units=pet.units, source=ct)

@@ -1,0 +1,155 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ct2pet_node.dicom.resample import model_grid_affine, pet_on_grid, resample_in_plane, to_ct_grid
+from ct2pet_node.domain.volume import CtVolume, PetUnits, PetVolume, SourceSlice
+from ct2pet_node.errors import InputError
+
+CT_CLASS = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def make_ct(rows: int = 32, columns: int = 32, n: int = 3, oblique: bool = False) -> CtVolume:
+    affine = np.eye(4)
+    if oblique:
+        angle = np.radians(20.0)
+        rotation = np.array(
+            [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1.0]]
+        )
+        affine[:3, :3] = rotation @ np.diag([0.7, 0.9, 2.5])
+    else:
+        affine[:3, :3] = np.diag([0.7, 0.9, 2.5])
+    affine[:3, 3] = (-11.0, 4.0, -30.0)
+    sources = tuple(
+        SourceSlice(f"1.2.3.4.{k + 1}", CT_CLASS, tuple(float(v) for v in affine @ (0, 0, k, 1))[:3])  # type: ignore[arg-type]
+        for k in range(n)
+    )
+    return CtVolume(
+        hu=np.zeros((n, rows, columns), np.float32),
+        affine=affine,
+        study_uid="1.2.3",  # type: ignore[arg-type]
+        series_uid="1.2.3.4",  # type: ignore[arg-type]
+        frame_of_reference_uid="1.2.3.9",  # type: ignore[arg-type]
+        sources=sources,
+        kvp=120.0,
+    )
+
+
+def centres(affine: np.ndarray, rows: int, columns: int) -> np.ndarray:
+    """Patient positions (rows, columns, 3) of every pixel centre of slice 0."""
+    y, x = np.meshgrid(np.arange(rows), np.arange(columns), indexing="ij")
+    voxels = np.stack([x, y, np.zeros_like(x), np.ones_like(x)], axis=-1).astype(float)
+    return (voxels @ affine.T)[..., :3]
+
+
+def linear(points: np.ndarray) -> np.ndarray:
+    return (0.3 * points[..., 0] - 0.2 * points[..., 1] + 5.0).astype(np.float32)
+
+
+@pytest.mark.parametrize("oblique", [False, True])
+def test_model_grid_covers_the_ct_field_of_view_edge_to_edge(oblique: bool) -> None:
+    ct = make_ct(rows=30, columns=40, oblique=oblique)
+    model = model_grid_affine(ct, 8)
+    # Pixel edges (-0.5 and size - 0.5) of both grids land on the same points.
+    for ct_voxel, model_voxel in [((-0.5, -0.5), (-0.5, -0.5)), ((39.5, 29.5), (7.5, 7.5))]:
+        ct_point = ct.affine @ (*ct_voxel, 1, 1)
+        model_point = model @ (*model_voxel, 1, 1)
+        np.testing.assert_allclose(ct_point, model_point, atol=1e-9)
+    np.testing.assert_allclose(np.linalg.norm(model[:3, :2], axis=0), (0.7 * 40 / 8, 0.9 * 30 / 8))
+    np.testing.assert_array_equal(model[:3, 2], ct.affine[:3, 2])
+
+
+def test_model_grid_size_must_be_positive() -> None:
+    with pytest.raises(InputError):
+        model_grid_affine(make_ct(), 0)
+
+
+@pytest.mark.parametrize("oblique", [False, True])
+def test_linear_field_is_reproduced_on_the_ct_grid(oblique: bool) -> None:
+    ct = make_ct(oblique=oblique)
+    model = model_grid_affine(ct, 8)
+    values = np.repeat(linear(centres(model, 8, 8))[None], 3, axis=0)
+    result = to_ct_grid(values, model, ct)
+    expected = linear(centres(ct.affine, 32, 32))
+    # Bilinear is exact for a linear field wherever no edge clamping happens:
+    # the CT pixels inside the model's outermost centres (2 CT pixels in).
+    np.testing.assert_allclose(result[1, 2:-2, 2:-2], expected[2:-2, 2:-2], atol=1e-4)
+    assert result.shape == (3, 32, 32)
+    assert result.dtype == np.float32
+
+
+def test_round_trip_model_to_ct_to_model_keeps_smooth_values() -> None:
+    ct = make_ct()
+    model = model_grid_affine(ct, 16)
+    points = centres(model, 16, 16)
+    values = np.sin(points[..., 0] / 6.0).astype(np.float32)[None].repeat(3, axis=0)
+    there = to_ct_grid(values, model, ct)
+    back = resample_in_plane(there, ct.affine, model, (16, 16))
+    np.testing.assert_allclose(back[:, 1:-1, 1:-1], values[:, 1:-1, 1:-1], atol=0.02)
+
+
+def test_halving_averages_each_two_by_two_block() -> None:
+    ct = make_ct(rows=8, columns=8, n=1)
+    values = np.random.default_rng(3).random((1, 8, 8)).astype(np.float32)
+    model = model_grid_affine(ct, 4)
+    halved = resample_in_plane(values, ct.affine, model, (4, 4))
+    blocks = values.reshape(1, 4, 2, 4, 2).mean(axis=(2, 4))
+    np.testing.assert_allclose(halved, blocks, atol=1e-6)
+
+
+def test_points_outside_the_source_field_of_view_are_zero() -> None:
+    ct = make_ct(n=1)
+    shifted = ct.affine.copy()
+    shifted[0, 3] += 100.0
+    result = resample_in_plane(np.ones((1, 32, 32), np.float32), ct.affine, shifted, (32, 32))
+    assert np.all(result == 0.0)
+
+
+def test_grids_with_other_slices_are_refused() -> None:
+    ct = make_ct()
+    other = ct.affine.copy()
+    other[2, 3] += 1.0
+    with pytest.raises(InputError, match="share their slices"):
+        resample_in_plane(np.ones((3, 32, 32), np.float32), ct.affine, other, (32, 32))
+    with pytest.raises(InputError, match="slices"):
+        to_ct_grid(np.ones((2, 8, 8), np.float32), model_grid_affine(ct, 8), ct)
+
+
+def test_pet_on_grid_moves_between_grids_and_keeps_a_volume_already_there() -> None:
+    ct = make_ct()
+    pet = PetVolume(np.ones((3, 32, 32), np.float32), ct.affine.copy(), PetUnits.SUVBW, ct)
+    assert pet_on_grid(pet, "ct", 16) is pet
+    on_model = pet_on_grid(pet, "model", 16)
+    assert on_model.values.shape == (3, 16, 16)
+    np.testing.assert_allclose(on_model.affine, model_grid_affine(ct, 16))
+    np.testing.assert_allclose(on_model.values, 1.0)
+    back = pet_on_grid(on_model, "ct", 16)
+    assert back.values.shape == (3, 32, 32)
+    np.testing.assert_allclose(back.affine, ct.affine)
+    with pytest.raises(InputError, match="grid"):
+        pet_on_grid(pet, "native", 16)
+
+
+def test_swapped_axes_transpose_each_slice() -> None:
+    ct = make_ct(n=2)
+    square = ct.affine.copy()
+    square[0, 0] = square[1, 1] = 0.8
+    swapped = square.copy()
+    swapped[:, [0, 1]] = square[:, [1, 0]]
+    values = np.random.default_rng(5).random((2, 32, 32)).astype(np.float32)
+    np.testing.assert_allclose(
+        resample_in_plane(values, square, swapped, (32, 32)), values.transpose(0, 2, 1), atol=1e-6
+    )
+
+
+def test_grids_rotated_in_plane_reproduce_a_linear_field() -> None:
+    ct = make_ct(n=2)
+    angle = np.radians(10.0)
+    turn = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1.0]])
+    rotated = ct.affine.copy()
+    rotated[:3, :2] = turn @ ct.affine[:3, :2]
+    field = np.repeat(linear(centres(ct.affine, 32, 32))[None], 2, axis=0)
+    result = resample_in_plane(field, ct.affine, rotated, (32, 32))
+    expected = linear(centres(rotated, 32, 32))
+    np.testing.assert_allclose(result[1, 8:-8, 8:-8], expected[8:-8, 8:-8], atol=1e-4)
