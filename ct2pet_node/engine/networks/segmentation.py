@@ -1,0 +1,341 @@
+"""The release's attention-map segmenter: segmentation_models_pytorch ``Unet`` on a ResNet encoder.
+
+Rebuilt without smp or torchvision; the module tree mirrors theirs so
+state-dict keys are exactly smp's (``encoder.conv1.weight``,
+``encoder.layer1.0.conv1.weight``, ``decoder.blocks.0.conv1.0.weight``,
+``segmentation_head.0.weight``, ...) without the Lightning ``model.`` prefix.
+The architecture is read from the checkpoint's shapes, because the release
+(resnet34, depth 5) and the tiny test model (resnet18, depth 3) differ.
+
+As in smp, encoder stages deeper than ``encoder_depth`` are built (the
+checkpoint carries them, and strict loading needs them) but never run.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ct2pet_node.errors import EngineError, WeightsError
+
+__all__ = ["SegmentationArchitecture", "SegmentationUNet"]
+
+_LAYER_KEY = re.compile(r"^encoder\.layer(\d)\.(\d+)\.")
+_DECODER_KEY = re.compile(r"^decoder\.blocks\.(\d+)\.conv1\.0\.weight$")
+# torchvision's names for the block counts smp uses per encoder.
+_ENCODER_NAMES = {
+    ("basic", (2, 2, 2, 2)): "resnet18",
+    ("basic", (3, 4, 6, 3)): "resnet34",
+    ("bottleneck", (3, 4, 6, 3)): "resnet50",
+    ("bottleneck", (3, 4, 23, 3)): "resnet101",
+    ("bottleneck", (3, 8, 36, 3)): "resnet152",
+}
+
+
+class BasicBlock(nn.Module):
+    """torchvision ResNet BasicBlock (expansion 1)."""
+
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    """torchvision ResNet v1.5 Bottleneck (stride on the 3x3 conv, expansion 4)."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+def _make_stage(
+    block_cls: type[BasicBlock] | type[Bottleneck], inplanes: int, planes: int, count: int, stride: int
+) -> nn.Sequential:
+    """torchvision's ``_make_layer``: a projection shortcut on the first block when shape changes."""
+    downsample = None
+    if stride != 1 or inplanes != planes * block_cls.expansion:
+        downsample = nn.Sequential(
+            nn.Conv2d(inplanes, planes * block_cls.expansion, 1, stride=stride, bias=False),
+            nn.BatchNorm2d(planes * block_cls.expansion),
+        )
+    blocks: list[nn.Module] = [block_cls(inplanes, planes, stride, downsample)]
+    blocks += [block_cls(planes * block_cls.expansion, planes) for _ in range(1, count)]
+    return nn.Sequential(*blocks)
+
+
+class ResNetEncoder(nn.Module):
+    """smp's ResNetEncoder: torchvision ResNet without ``fc``/``avgpool``, returning a feature pyramid."""
+
+    def __init__(self, in_channels: int, block: str, layers: Sequence[int], depth: int):
+        super().__init__()
+        block_cls: type[BasicBlock] | type[Bottleneck] = BasicBlock if block == "basic" else Bottleneck
+        self.depth = depth
+        self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        stages = []
+        inplanes = 64
+        for index, (planes, count) in enumerate(zip((64, 128, 256, 512), layers, strict=True)):
+            stages.append(_make_stage(block_cls, inplanes, planes, count, stride=1 if index == 0 else 2))
+            inplanes = planes * block_cls.expansion
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        expansion = block_cls.expansion
+        self.out_channels = (
+            in_channels,
+            64,
+            64 * expansion,
+            128 * expansion,
+            256 * expansion,
+            512 * expansion,
+        )
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Return [x, stride 2, stride 4, ..., stride 2**depth] features (depth + 1 entries)."""
+        features = [x]
+        x = self.relu(self.bn1(self.conv1(x)))
+        features.append(x)
+        stages = (nn.Sequential(self.maxpool, self.layer1), self.layer2, self.layer3, self.layer4)
+        for stage in stages[: self.depth - 1]:
+            x = stage(x)
+            features.append(x)
+        return features
+
+
+class Conv2dReLU(nn.Sequential):
+    """smp's Conv2dReLU with batch norm: conv (no bias) -> BatchNorm -> ReLU, keys ``0``/``1``."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class DecoderBlock(nn.Module):
+    """Nearest upsampling to the skip's size (x2 without one), concat skip, two Conv2dReLU."""
+
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int):
+        super().__init__()
+        self.conv1 = Conv2dReLU(in_channels + skip_channels, out_channels)
+        self.conv2 = Conv2dReLU(out_channels, out_channels)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+        if skip is None:
+            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        else:
+            x = torch.cat([F.interpolate(x, size=skip.shape[-2:], mode="nearest"), skip], dim=1)
+        return self.conv2(self.conv1(x))
+
+
+class UnetDecoder(nn.Module):
+    """smp's UnetDecoder without a center block and without attention (both Identity there)."""
+
+    def __init__(self, encoder_channels: Sequence[int], decoder_channels: Sequence[int]):
+        super().__init__()
+        # Drop the identity feature, deepest first: the head, then the skips, then no skip.
+        reversed_channels = list(encoder_channels[1:])[::-1]
+        in_channels = [reversed_channels[0], *decoder_channels[:-1]]
+        skip_channels = [*reversed_channels[1:], 0]
+        self.blocks = nn.ModuleList(
+            DecoderBlock(i, s, o)
+            for i, s, o in zip(in_channels, skip_channels, decoder_channels, strict=True)
+        )
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        head, *skips = list(features[1:])[::-1]
+        x = head
+        for index, block in enumerate(self.blocks):
+            x = block(x, skips[index] if index < len(skips) else None)
+        return x
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentationArchitecture:
+    """What a segmentation checkpoint's shapes say about its network.
+
+    Attributes
+    ----------
+    in_channels, classes : int
+        Image channels in, logit channels out.
+    block : str
+        ``"basic"`` (resnet18/34) or ``"bottleneck"`` (resnet50 and deeper).
+    layers : tuple[int, int, int, int]
+        Residual blocks in encoder stages layer1..layer4.
+    decoder_channels : tuple[int, ...]
+        Output channels of each decoder block; its length is the encoder depth.
+    head_kernel : int
+        Kernel size of the segmentation head convolution.
+    """
+
+    in_channels: int
+    classes: int
+    block: str
+    layers: tuple[int, int, int, int]
+    decoder_channels: tuple[int, ...]
+    head_kernel: int
+
+    @property
+    def depth(self) -> int:
+        return len(self.decoder_channels)
+
+    @property
+    def encoder_name(self) -> str | None:
+        return _ENCODER_NAMES.get((self.block, self.layers))
+
+
+def _strip_prefix(shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, ...]]:
+    if any(key.startswith("model.") for key in shapes):
+        return {key[len("model.") :]: tuple(v) for key, v in shapes.items() if key.startswith("model.")}
+    return {key: tuple(v) for key, v in shapes.items()}
+
+
+def _architecture_from_shapes(shapes: Mapping[str, Sequence[int]]) -> SegmentationArchitecture:
+    s = _strip_prefix(shapes)
+    for required in ("encoder.conv1.weight", "segmentation_head.0.weight"):
+        if required not in s:
+            raise WeightsError(
+                f"segmentation checkpoint has no {required!r}: not an smp Unet with a ResNet encoder; "
+                "export the release's segmentation.ckpt unchanged"
+            )
+    counts = [0, 0, 0, 0]
+    for key in s:
+        match = _LAYER_KEY.match(key)
+        if match:
+            stage, index = int(match.group(1)) - 1, int(match.group(2))
+            counts[stage] = max(counts[stage], index + 1)
+    decoder = sorted(
+        (int(m.group(1)), shape[0]) for key, shape in s.items() if (m := _DECODER_KEY.match(key))
+    )
+    if not decoder or [i for i, _ in decoder] != list(range(len(decoder))) or len(decoder) > 5:
+        raise WeightsError(
+            f"segmentation checkpoint has decoder blocks {[i for i, _ in decoder]}; expected 0..d-1, d<=5"
+        )
+    if 0 in counts:
+        raise WeightsError(
+            f"segmentation checkpoint encoder stages have block counts {counts}; all must be > 0"
+        )
+    head = s["segmentation_head.0.weight"]
+    return SegmentationArchitecture(
+        in_channels=s["encoder.conv1.weight"][1],
+        classes=head[0],
+        block="bottleneck" if "encoder.layer1.0.conv3.weight" in s else "basic",
+        layers=(counts[0], counts[1], counts[2], counts[3]),
+        decoder_channels=tuple(width for _, width in decoder),
+        head_kernel=head[-1],
+    )
+
+
+def _check_spec(arch: SegmentationArchitecture, spec: Mapping[str, Any]) -> None:
+    spec = spec.get("segmentation", spec)
+    problems = []
+    if "encoder_depth" in spec and int(spec["encoder_depth"]) != arch.depth:
+        problems.append(f"encoder_depth {spec['encoder_depth']} but the weights have depth {arch.depth}")
+    if "decoder_channels" in spec and tuple(spec["decoder_channels"]) != arch.decoder_channels:
+        problems.append(
+            f"decoder_channels {spec['decoder_channels']} but the weights have {arch.decoder_channels}"
+        )
+    if "encoder_name" in spec and arch.encoder_name is not None and spec["encoder_name"] != arch.encoder_name:
+        problems.append(f"encoder_name {spec['encoder_name']!r} but the weights are a {arch.encoder_name}")
+    for field in ("in_channels", "classes"):
+        if field in spec and int(spec[field]) != getattr(arch, field):
+            problems.append(f"{field} {spec[field]} but the weights have {getattr(arch, field)}")
+    if spec.get("arch", "Unet") != "Unet":
+        problems.append(f"arch {spec['arch']!r}; only smp 'Unet' is supported")
+    if problems:
+        raise WeightsError(
+            "segmentation spec disagrees with its checkpoint: "
+            + "; ".join(problems)
+            + "; ship the matching pair"
+        )
+
+
+class SegmentationUNet(nn.Module):
+    """smp ``Unet`` (ResNet encoder, batch-norm decoder, no center, no attention, identity activation).
+
+    ``forward`` maps a CT batch (B, in_channels, H, W), H and W divisible by
+    2**depth, to logits (B, classes, H, W). No input normalisation is applied,
+    as in the release.
+    """
+
+    def __init__(self, arch: SegmentationArchitecture):
+        super().__init__()
+        self.architecture = arch
+        self.encoder = ResNetEncoder(arch.in_channels, arch.block, arch.layers, arch.depth)
+        self.decoder = UnetDecoder(self.encoder.out_channels[: arch.depth + 1], arch.decoder_channels)
+        head = nn.Conv2d(
+            arch.decoder_channels[-1], arch.classes, arch.head_kernel, padding=arch.head_kernel // 2
+        )
+        # smp's SegmentationHead: conv, Identity upsampling, Identity activation (keys 0, 1, 2).
+        self.segmentation_head = nn.Sequential(head, nn.Identity(), nn.Identity())
+
+    @classmethod
+    def from_state_dict_shapes(
+        cls, shapes: Mapping[str, Sequence[int]], spec: Mapping[str, Any] | None = None
+    ) -> SegmentationUNet:
+        """Build the network a checkpoint describes.
+
+        Parameters
+        ----------
+        shapes : Mapping[str, tuple[int, ...]]
+            Key -> shape of the checkpoint's state dict, with or without the
+            Lightning ``model.`` prefix (``mean``/``std`` and other unprefixed
+            keys are ignored when the prefix is present).
+        spec : Mapping or None
+            Optional ``segmentation.json`` content (or its ``segmentation``
+            entry) to cross-check against the shapes.
+
+        Raises
+        ------
+        WeightsError
+            When the shapes are not an smp ResNet Unet or disagree with ``spec``.
+        """
+        arch = _architecture_from_shapes(shapes)
+        if spec is not None:
+            _check_spec(arch, spec)
+        return cls(arch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        depth = self.architecture.depth
+        if x.shape[-1] % 2**depth or x.shape[-2] % 2**depth:
+            raise EngineError(
+                f"segmentation input {tuple(x.shape)}: H and W must be divisible by {2**depth}; "
+                "resize or pad first"
+            )
+        return self.segmentation_head(self.decoder(self.encoder(x)))

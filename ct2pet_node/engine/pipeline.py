@@ -1,0 +1,388 @@
+"""CT slices in HU in, synthetic PET slices out: CPDM inference written out stage by stage.
+
+Stages (the reference README's numbering): (1) CT scaled to [0, 1]; (2)
+attention map from the segmentation U-Net; (3) attenuation map exp(-mu) at the
+kVp policy's voltage; (4) both maps through their conditioners into the
+context; (5) the VQGAN encodes the CT into y; (6-7) the Brownian bridge is
+sampled from x = y towards the PET latent; the VQGAN decodes it; the result in
+[-1, 1] is mapped to the manifest's output units. Arrays cross this module as
+numpy (N, H, W) float32; tensors inside are (B, C, H, W).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ct2pet_node.engine.attenuation import AttenuationKvp, attenuation_map
+from ct2pet_node.engine.bridge import BridgeSchedule
+from ct2pet_node.engine.weights import WeightsManifest, load_manifest, load_state_dicts
+from ct2pet_node.errors import Ct2PetError, EngineError, WeightsError
+
+log = structlog.get_logger(__name__)
+
+Progress = Callable[[int, int], None]
+_PRECISIONS = {None: None, "float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def build_networks(
+    architecture: Mapping[str, Any], state_dicts: Mapping[str, Mapping[str, torch.Tensor]], origin: str
+) -> dict[str, nn.Module]:
+    """Build every network the architecture names and load its weights strictly (CPU, eval mode).
+
+    Raises
+    ------
+    WeightsError
+        A network is missing, cannot be built from the architecture, or its
+        weights do not fit it (missing, unexpected or misshapen keys).
+    """
+    from ct2pet_node.engine.networks import VQGAN, SegmentationUNet, SpatialRescaler, UNet
+
+    cond = architecture["cond_stage"]
+    makers: dict[str, Callable[[Mapping[str, torch.Tensor]], nn.Module]] = {
+        "vqgan": lambda s: VQGAN.from_config(architecture["vqgan"]),
+        "unet": lambda s: UNet.from_config(architecture["unet"]),
+        "cond_attention": lambda s: SpatialRescaler(
+            int(cond["n_stages"]), int(cond["in_channels"]), int(cond["out_channels"])
+        ),
+        "cond_attenuation": lambda s: SpatialRescaler(
+            int(cond["n_stages"]), int(cond["in_channels"]), int(cond["out_channels"])
+        ),
+        "segmentation": lambda s: SegmentationUNet.from_state_dict_shapes(
+            {k: tuple(v.shape) for k, v in s.items()}, architecture.get("segmentation")
+        ),
+    }
+    missing = [name for name in makers if name not in state_dicts]
+    if missing:
+        raise WeightsError(f"{origin} lacks the {missing} network weights; re-import or re-train")
+    built = {}
+    for name, make in makers.items():
+        state = state_dicts[name]
+        try:
+            module = make(state)
+            module.load_state_dict(dict(state), strict=True)
+        except (RuntimeError, ValueError, KeyError, TypeError, Ct2PetError) as exc:
+            raise WeightsError(f"{origin}: the {name} weights do not fit its architecture: {exc}") from exc
+        built[name] = module.eval().requires_grad_(False)
+    return built
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when present else CPU; ``cpu``, ``cuda``, ``cuda:N`` checked to exist."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except RuntimeError as exc:
+        raise EngineError(f"device {device!r} is not a device name; use auto, cpu, cuda or cuda:N") from exc
+    if chosen.type == "cuda":
+        if not torch.cuda.is_available():
+            raise EngineError(f"device {device!r} asked for but CUDA is not available; use cpu or auto")
+        if chosen.index is not None and chosen.index >= torch.cuda.device_count():
+            raise EngineError(f"device {device!r}: only {torch.cuda.device_count()} CUDA devices present")
+    elif chosen.type != "cpu":
+        raise EngineError(f"device {device!r} is not supported; use auto, cpu, cuda or cuda:N")
+    return chosen
+
+
+def default_batch_size(device: torch.device, image_size: int, precision: str | None) -> int:
+    """Slices per batch: 4 on CPU; on CUDA what a rough per-slice footprint lets free memory hold."""
+    if device.type != "cuda":
+        return 4
+    free, _total = torch.cuda.mem_get_info(device)
+    # ~0.5 GiB per 256x256 slice in float32 for the release UNet; half that in 16-bit.
+    per_slice = (512 << 20) * (image_size / 256) ** 2 * (0.5 if precision in ("bfloat16", "float16") else 1.0)
+    return int(max(1, min(64, 0.7 * free // per_slice)))
+
+
+def slice_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per slice, seeded from (seed, slice index) so batching cannot change the noise."""
+    generators = []
+    for index in indices:
+        state = np.random.SeedSequence([int(seed) & (2**63 - 1), int(index)]).generate_state(1, np.uint64)[0]
+        generators.append(torch.Generator("cpu").manual_seed(int(state) & (2**63 - 1)))
+    return generators
+
+
+class Pipeline:
+    """A loaded CPDM model on one device; call it with CT slices in HU.
+
+    Attributes
+    ----------
+    manifest : WeightsManifest
+    model_id, output_units : str
+    device : torch.device
+    schedule : BridgeSchedule
+    image_size : int
+        Square slice size the model works at, pixels.
+    batch_size : int
+        Slices run together; change it freely, results do not depend on it.
+    """
+
+    def __init__(
+        self,
+        manifest: WeightsManifest,
+        networks: Mapping[str, nn.Module],
+        device: torch.device,
+        precision: str | None = None,
+        batch_size: int | None = None,
+    ) -> None:
+        if precision not in _PRECISIONS:
+            raise EngineError(f"precision {precision!r} is not one of float32, bfloat16, float16")
+        if _PRECISIONS[precision] is not None and device.type != "cuda":
+            raise EngineError(f"precision {precision} is only offered on CUDA; use float32 on {device}")
+        self.manifest = manifest
+        self.model_id = manifest.model_id
+        self.output_units = manifest.output_units
+        self.device = device
+        self.precision = precision
+        self.schedule = BridgeSchedule.from_config(manifest.architecture["bridge"])
+        self.image_size = int(manifest.architecture["image_size"])
+        # Sampling steps when the caller names none: the model's own sample_step.
+        self.default_steps = int(self.schedule.sample_step)
+        self.kvp_policy = AttenuationKvp.from_dict(manifest.normalisation.get("attenuation_kvp", {}))
+        # Any: the networks' own methods (encode, decode, quantize) are not on nn.Module.
+        self.nets: dict[str, Any] = {name: net.to(device) for name, net in networks.items()}
+        self.batch_size = batch_size or default_batch_size(device, self.image_size, precision)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        dtype = _PRECISIONS[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cuda", dtype=dtype)
+
+    # --- stages, tensors (B, C, H, W) on self.device -------------------------------------------
+    def segmentation_logits(self, ct01: torch.Tensor) -> torch.Tensor:
+        """Stage 2a: segmentation U-Net logits (B, 1, H, W) from CT in [0, 1], no ImageNet normalisation."""
+        with self._autocast():
+            out: torch.Tensor = self.nets["segmentation"](ct01).float()
+        return out
+
+    def attention_map(self, ct01: torch.Tensor) -> torch.Tensor:
+        """Stage 2: 1.0 where sigmoid(logits) >= 0.5 else 0.0, (B, 1, H, W)."""
+        return (torch.sigmoid(self.segmentation_logits(ct01)) >= 0.5).to(torch.float32)
+
+    def attenuation_map(self, ct01: torch.Tensor, kvp: float) -> torch.Tensor:
+        """Stage 3: exp(-mu_511keV) at ``kvp`` from CT in [0, 1], (B, 1, H, W)."""
+        mapped = attenuation_map(ct01.detach().float().cpu().numpy(), kvp)
+        return torch.from_numpy(mapped).to(self.device)
+
+    def context(self, attention: torch.Tensor, attenuation: torch.Tensor) -> torch.Tensor:
+        """Stage 4: concat(cond_attention(attention), cond_attenuation(attenuation)) on channels."""
+        return torch.cat(
+            [self.nets["cond_attention"](attention), self.nets["cond_attenuation"](attenuation)], dim=1
+        )
+
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        """Stage 5: VQGAN latent quant_conv(encoder(x)), unquantised, float32."""
+        with self._autocast():
+            out: torch.Tensor = self.nets["vqgan"].encode(image).float()
+        return out
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latent -> image in about [-1, 1] (nearest-codebook quantisation first), float32, unclamped."""
+        with self._autocast():
+            out: torch.Tensor = self.nets["vqgan"].decode(z).float()
+        return out
+
+    def denoise(self, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """The UNet's prediction at x_t (B, C, h, w), timesteps t (B,), with the context concatenated."""
+        with self._autocast():
+            out: torch.Tensor = self.nets["unet"](torch.cat([x_t, context], dim=1), t).float()
+        return out
+
+    def sample_latent(
+        self,
+        y: torch.Tensor,
+        context: torch.Tensor,
+        steps: int | None = None,
+        eta: float | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> torch.Tensor:
+        """Stages 6-7: run the bridge from x = y to the PET latent.
+
+        Parameters
+        ----------
+        y, context : torch.Tensor
+            CT latent (B, C, h, w) and context (B, 6, h, w).
+        steps, eta : optional
+            Sampling steps and noise scale; defaults from the schedule.
+        generator : torch.Generator or sequence of them, optional
+            One generator for the batch, or one per slice (noise drawn per slice on the CPU).
+        progress : callable, optional
+            Called with 1 after each network evaluation.
+        """
+        eta = self.schedule.eta if eta is None else float(eta)
+        timesteps = self.schedule.timesteps(steps)
+        x = y
+        for i, t in enumerate(timesteps.tolist()):
+            t_batch = torch.full((y.shape[0],), t, device=y.device, dtype=torch.long)
+            x0_hat = self.schedule.predict_x0(x, y, t_batch, self.denoise(x, t_batch, context))
+            next_t = int(timesteps[i + 1]) if i + 1 < len(timesteps) and t != 0 else None
+            noise = self._noise(x, generator) if eta > 0 and next_t is not None else None
+            x = self.schedule.step(x0_hat, y, x, t, next_t, noise, eta)
+            if progress is not None:
+                progress(1)
+            if next_t is None:
+                break
+        return x
+
+    @staticmethod
+    def _noise(
+        like: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator] | None
+    ) -> torch.Tensor:
+        if generator is None:
+            return torch.randn(like.shape, device=like.device, dtype=like.dtype)
+        if isinstance(generator, torch.Generator):
+            drawn = torch.randn(like.shape, generator=generator, device=generator.device, dtype=like.dtype)
+            return drawn.to(like.device)
+        if len(generator) != like.shape[0]:
+            raise EngineError(f"{len(generator)} generators for a batch of {like.shape[0]} slices")
+        per_slice = [torch.randn(like.shape[1:], generator=g, dtype=like.dtype) for g in generator]
+        return torch.stack(per_slice).to(like.device)
+
+    # --- numpy in, numpy out --------------------------------------------------------------------
+    def _batches(self, count: int) -> Iterator[range]:
+        size = max(1, int(self.batch_size))
+        for start in range(0, count, size):
+            yield range(start, min(count, start + size))
+
+    def _resize(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        if tuple(images.shape[-2:]) == size:
+            return images
+        shrinking = size[0] < images.shape[-2] or size[1] < images.shape[-1]
+        return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=shrinking)
+
+    def translate_ct01(
+        self,
+        ct01: torch.Tensor,
+        kvp: float,
+        steps: int | None,
+        eta: float | None,
+        generators: Sequence[torch.Generator] | None,
+        progress: Callable[[int], None] | None = None,
+    ) -> torch.Tensor:
+        """One batch at model size: CT in [0, 1] (B, 1, S, S) -> PET in [-1, 1] (B, 1, S, S), unclamped."""
+        context = self.context(self.attention_map(ct01), self.attenuation_map(ct01, kvp))
+        latent = self.sample_latent(self.encode(ct01), context, steps, eta, generators, progress)
+        return self.decode(latent)
+
+    def __call__(
+        self,
+        hu: np.ndarray,
+        kvp: float | None = None,
+        steps: int | None = None,
+        eta: float | None = None,
+        seed: int | None = None,
+        progress: Progress | None = None,
+        first_slice_index: int = 0,
+    ) -> np.ndarray:
+        """Translate CT slices to synthetic PET.
+
+        Parameters
+        ----------
+        hu : numpy.ndarray
+            (N, H, W) CT in Hounsfield units; resized to the model size and back when needed.
+        kvp : float, optional
+            The CT's KVP tag; used only when the model's kVp policy is ``from_ct``.
+        steps, eta : optional
+            Sampling steps and noise scale (defaults from the weights).
+        seed : int, optional
+            Noise seed; the noise of slice i derives from (seed, i), so results
+            do not depend on the batch size. Random when omitted.
+        progress : callable, optional
+            ``progress(done_units, total_units)``, one unit per slice per sampling step.
+        first_slice_index : int
+            Index of ``hu[0]`` in its whole volume: translating a volume in
+            chunks with the right offsets gives exactly the noise, and so the
+            output, of translating it at once (the engine worker's checkpoints
+            rely on this).
+
+        Returns
+        -------
+        numpy.ndarray
+            (N, H, W) float32 PET in ``self.output_units``.
+        """
+        hu = np.asarray(hu)
+        if hu.ndim != 3 or hu.shape[0] == 0:
+            raise EngineError(
+                f"CT array of shape {hu.shape} is not (N, H, W) slices; pass a (z, y, x) volume"
+            )
+        count, height, width = hu.shape
+        kvp_used = self.kvp_policy.resolve(kvp)
+        seed = secrets.randbits(63) if seed is None else int(seed)
+        total = count * len(self.schedule.timesteps(steps))
+        done = [0]
+        ct01_all = self.manifest.ct_scaling.to_ct01(hu)
+        out = np.empty((count, height, width), dtype=np.float32)
+        log.info("translation_started", slices=count, kvp=kvp_used, steps=steps, device=str(self.device))
+        with torch.inference_mode():
+            for batch in self._batches(count):
+                if progress is not None:
+
+                    def advance(_: int, n: int = len(batch)) -> None:
+                        done[0] += n
+                        progress(done[0], total)
+
+                ct01 = torch.from_numpy(ct01_all[batch.start : batch.stop, None]).to(self.device)
+                ct01 = self._resize(ct01, (self.image_size, self.image_size))
+                pet = self.translate_ct01(
+                    ct01,
+                    kvp_used,
+                    steps,
+                    eta,
+                    slice_generators(
+                        seed, range(batch.start + first_slice_index, batch.stop + first_slice_index)
+                    ),
+                    advance if progress is not None else None,
+                )
+                pet = self._resize(pet, (height, width))
+                values = pet[:, 0].float().cpu().numpy()
+                if not np.isfinite(values).all():
+                    raise EngineError(
+                        f"the model produced non-finite values for slices {batch.start}..{batch.stop - 1}; "
+                        "try precision float32 or check the weights"
+                    )
+                out[batch.start : batch.stop] = self.manifest.pet_scaling.to_output(values)
+        return out
+
+
+def load_pipeline(
+    weights_dir: Path | str,
+    device: str = "auto",
+    precision: str | None = None,
+    batch_size: int | None = None,
+) -> Pipeline:
+    """Verify and load a weights directory onto a device.
+
+    Raises
+    ------
+    WeightsError
+        A file is missing, truncated or fails its checksum, or the weights do not fit.
+    EngineError
+        The device or precision is unavailable.
+    """
+    weights_dir = Path(weights_dir)
+    torch_device = resolve_device(device)
+    manifest = load_manifest(weights_dir)
+    states = load_state_dicts(weights_dir, verify=True)
+    networks = build_networks(manifest.architecture, states, origin=f"weights in {weights_dir}")
+    pipeline = Pipeline(manifest, networks, torch_device, precision, batch_size)
+    log.info(
+        "pipeline_loaded",
+        model_id=manifest.model_id,
+        device=str(torch_device),
+        precision=precision or "float32",
+        batch_size=pipeline.batch_size,
+    )
+    return pipeline
