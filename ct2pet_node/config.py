@@ -155,7 +155,7 @@ class _Checker:
             self.problems.append(f"{where} {key}: missing; {fix or 'add it'}")
             return None
         value = table[key]
-        if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+        if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
             expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
             self.problems.append(f"{where} {key}: must be {expected}, got {value!r}; {fix}".rstrip("; "))
             return None

@@ -1,0 +1,34 @@
+"""The house rules a script can check: layer contracts and lint."""
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO_ROOT
+
+
+@pytest.mark.skipif(shutil.which("lint-imports") is None, reason="import-linter is not installed")
+def test_each_library_stays_in_its_room() -> None:
+    result = subprocess.run(["lint-imports"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff is not installed")
+def test_ruff_finds_nothing() -> None:
+    result = subprocess.run(
+        ["ruff", "check", "ct2pet_node", "tests", "benchmarks"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_cli_starts_without_torch_or_pynetdicom() -> None:
+    code = "import sys, ct2pet_node.cli; print(sorted({'torch', 'pynetdicom'} & set(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]"
