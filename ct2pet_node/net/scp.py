@@ -1,0 +1,371 @@
+"""The storage SCP: receive CT instances, spool them durably, answer.
+
+The C-STORE handler writes, records, notifies and answers; it never raises
+and never decodes pixels, talks to the GPU or opens a connection. Status
+codes it answers:
+
+========  ================================================================
+0x0000    stored, or already stored (a re-sent SOP Instance UID is
+          acknowledged without being written again: the first copy wins)
+0xA700    out of resources: the data directory is at its free-space
+          watermark, or the spool or job store could not be written (the
+          sender should retry later)
+0xA900    the data set's SOP Class UID differs from the C-STORE request's
+0xC210    cannot understand: the data set cannot be parsed at all
+0xC211    cannot understand: SOPInstanceUID, SeriesInstanceUID,
+          StudyInstanceUID or Modality missing, or a UID that is not a
+          valid DICOM UID (so a UID can never walk out of the spool)
+0xC212    cannot understand: the data set's SOP Instance UID differs from
+          the C-STORE request's Affected SOP Instance UID
+========  ================================================================
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Any, cast
+
+import structlog
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
+from pydicom.tag import BaseTag, Tag
+from pydicom.uid import UID
+from pynetdicom import AE, evt
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode_file_meta
+from pynetdicom.events import Event
+from pynetdicom.transport import ThreadedAssociationServer
+
+from ct2pet_node.config import NodeConfig, SecurityConfig
+from ct2pet_node.domain.records import InstanceRecord
+from ct2pet_node.domain.uids import AeTitle, SeriesUid, SopInstanceUid, StudyUid, Uid, require_uid
+from ct2pet_node.errors import InputError, OutOfSpace, StorageError
+from ct2pet_node.net.contexts import (
+    ACCEPTED_TRANSFER_SYNTAXES,
+    CT_STORAGE_SOP_CLASSES,
+    UNCOMPRESSED_TRANSFER_SYNTAXES,
+    VERIFICATION_SOP_CLASS,
+)
+from ct2pet_node.spool.instances import InstanceSpool
+from ct2pet_node.spool.jobstore import JobStore
+
+log = structlog.get_logger(__name__)
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+SOP_CLASS_MISMATCH = 0xA900
+CANNOT_PARSE = 0xC210
+INVALID_HEADER = 0xC211
+SOP_INSTANCE_MISMATCH = 0xC212
+
+DEFAULT_MAX_ASSOCIATIONS = 10
+# Largest PDU we accept, bytes. pynetdicom parses PDUs in Python, so a 512 KB CT
+# slice in 16 KB PDUs (the default) costs ~15% more time than in 256 KB ones
+# (benchmarks/ingest.py); bounded so one PDU buffer stays small.
+MAX_PDU_BYTES = 262_144
+# How quickly stop() is noticed by the accept loop, seconds.
+_POLL_SECONDS = 0.1
+
+_SOP_CLASS = Tag(0x0008, 0x0016)
+_SOP_INSTANCE = Tag(0x0008, 0x0018)
+_MODALITY = Tag(0x0008, 0x0060)
+_STUDY = Tag(0x0020, 0x000D)
+_SERIES = Tag(0x0020, 0x000E)
+_HEADER_TAGS: list[BaseTag] = [_SOP_CLASS, _SOP_INSTANCE, _MODALITY, _STUDY, _SERIES]
+
+
+class _Refusal(Exception):
+    """An instance the handler answers with a failure status (a peer's problem, not ours)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class _Header:
+    sop_class_uid: Uid
+    sop_instance_uid: SopInstanceUid
+    series_uid: SeriesUid
+    study_uid: StudyUid
+    modality: str
+
+
+def _raw_text(dataset: Dataset, tag: BaseTag) -> str | None:
+    # The raw bytes, not pydicom's converted value: a hostile value must not
+    # trigger pydicom's validation warnings on the association thread.
+    if tag not in dataset:
+        return None
+    raw = dataset.get_item(tag)
+    value = getattr(raw, "value", None)
+    if isinstance(value, bytes):
+        return value.decode("ascii", errors="replace").strip("\x00 ")
+    return None if value is None else str(value).strip("\x00 ")
+
+
+def _read_header(stream: bytes, is_implicit_vr: bool, is_little_endian: bool) -> _Header:
+    """The few keys the handler needs, read from the encoded data set without decoding the rest."""
+    try:
+        dataset = read_dataset(
+            BytesIO(stream),
+            is_implicit_vr,
+            is_little_endian,
+            stop_when=lambda tag, _vr, _length: tag > _SERIES,
+            specific_tags=list(_HEADER_TAGS),
+        )
+        values = {tag: _raw_text(dataset, tag) for tag in _HEADER_TAGS}
+    except Exception as error:  # any parse failure of a peer's bytes means "cannot understand"
+        raise _Refusal(CANNOT_PARSE, f"data set cannot be parsed: {error}") from error
+    try:
+        modality = values[_MODALITY]
+        if not modality:
+            raise InputError("Modality is missing or empty")
+        return _Header(
+            sop_class_uid=require_uid(values[_SOP_CLASS], "SOPClassUID"),
+            sop_instance_uid=SopInstanceUid(require_uid(values[_SOP_INSTANCE], "SOPInstanceUID")),
+            series_uid=SeriesUid(require_uid(values[_SERIES], "SeriesInstanceUID")),
+            study_uid=StudyUid(require_uid(values[_STUDY], "StudyInstanceUID")),
+            modality=modality,
+        )
+    except InputError as error:
+        raise _Refusal(INVALID_HEADER, str(error)) from error
+
+
+class _NoDelayAssociationServer(ThreadedAssociationServer):
+    """pynetdicom's server with Nagle's algorithm off on every accepted socket.
+
+    A C-STORE response is one small PDU; with Nagle on it can wait for the
+    peer's delayed ACK, which costs up to ~40 ms per instance on Linux.
+    """
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        client, address = super().get_request()
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return client, address
+
+
+class StorageScp:
+    """The node's DICOM listener: C-ECHO and C-STORE of CT, spooled durably.
+
+    Parameters
+    ----------
+    node, security : NodeConfig, SecurityConfig
+        AE title, address, timeouts, and the calling AE allow-list (empty: any).
+    spool, store : InstanceSpool, JobStore
+        Where instances are written and recorded.
+    on_stored : callable
+        Called with each newly stored :class:`InstanceRecord` (the router's
+        ``notify``); must not block. Not called for a re-sent instance.
+    max_associations : int
+        Concurrent associations accepted; more are rejected (transient).
+    address : (host, port) or None
+        Overrides ``node.host`` and ``node.port``; port 0 binds a free port
+        (see :attr:`port`).
+    tcp_nodelay : bool
+        Nagle's algorithm off on accepted sockets (the default); False only
+        to measure the difference (``benchmarks/ingest.py``).
+    """
+
+    def __init__(
+        self,
+        node: NodeConfig,
+        security: SecurityConfig,
+        spool: InstanceSpool,
+        store: JobStore,
+        on_stored: Callable[[InstanceRecord], None],
+        *,
+        max_associations: int = DEFAULT_MAX_ASSOCIATIONS,
+        address: tuple[str, int] | None = None,
+        tcp_nodelay: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._spool = spool
+        self._store = store
+        self._on_stored = on_stored
+        self._clock = clock
+        self._address = address or (node.host, node.port)
+        self._server_class: type[ThreadedAssociationServer] = (
+            _NoDelayAssociationServer if tcp_nodelay else ThreadedAssociationServer
+        )
+        self._server: ThreadedAssociationServer | None = None
+        self._thread: threading.Thread | None = None
+        self.ae_title = node.ae_title
+        ae = AE(ae_title=node.ae_title)
+        ae.require_called_aet = True
+        ae.require_calling_aet = list(security.allowed_calling_ae_titles)
+        ae.maximum_associations = max_associations
+        ae.maximum_pdu_size = MAX_PDU_BYTES
+        ae.network_timeout = node.network_timeout_seconds
+        ae.acse_timeout = node.network_timeout_seconds
+        ae.dimse_timeout = node.network_timeout_seconds
+        for sop_class in CT_STORAGE_SOP_CLASSES:
+            ae.add_supported_context(sop_class, list(ACCEPTED_TRANSFER_SYNTAXES))
+        ae.add_supported_context(VERIFICATION_SOP_CLASS, list(UNCOMPRESSED_TRANSFER_SYNTAXES))
+        self._ae = ae
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (useful after binding port 0); raises if not started."""
+        if self._server is None:
+            raise StorageError("the storage SCP is not started; call start() first")
+        return int(self._server.server_address[1])
+
+    def start(self, blocking: bool = False) -> None:
+        """Bind and serve; with ``blocking`` serve on this thread until :meth:`stop`."""
+        handlers: list[Any] = [
+            (evt.EVT_C_STORE, self._handle_store),
+            (evt.EVT_C_ECHO, self._handle_echo),
+            (evt.EVT_ACCEPTED, self._handle_accepted),
+            (evt.EVT_REJECTED, self._handle_rejected),
+            (evt.EVT_ABORTED, self._handle_aborted),
+        ]
+        self._spool.sweep_partial_files()  # a crash mid-write left them; never acknowledged
+        try:
+            self._server = self._ae.make_server(
+                self._address, evt_handlers=handlers, server_class=self._server_class
+            )
+        except OSError as error:
+            raise StorageError(
+                f"cannot listen on {self._address[0]}:{self._address[1]}: {error.strerror or error}; "
+                "choose a free [node] port or stop the process using it"
+            ) from error
+        self._ae._servers.append(self._server)  # so AE.shutdown() and active_associations see it
+        log.info(
+            "scp_listening", ae_title=self.ae_title, host=self._address[0], port=self.port, blocking=blocking
+        )
+        if blocking:
+            self._server.serve_forever(poll_interval=_POLL_SECONDS)
+            return
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": _POLL_SECONDS},
+            name="storage-scp",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop accepting, let open associations finish for up to ``timeout`` seconds, abort the rest."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        active = server.active_associations
+        server.shutdown()  # no new associations from here on
+        deadline = time.monotonic() + timeout
+        for association in active:
+            association.join(max(0.0, deadline - time.monotonic()))
+        for association in server.active_associations:
+            log.warning("association_aborted_on_stop", calling_ae=association.requestor.ae_title)
+            association.abort()
+        if self._thread is not None:
+            self._thread.join(timeout=max(1.0, deadline - time.monotonic()))
+            self._thread = None
+        log.info("scp_stopped", ae_title=self.ae_title)
+
+    # Event handlers: run on pynetdicom's association threads --------------------------------
+
+    def _handle_store(self, event: Event) -> int:
+        association = event.assoc
+        with structlog.contextvars.bound_contextvars(
+            calling_ae=association.requestor.ae_title, assoc_id=association.native_id
+        ):
+            try:
+                return self._store_instance(event)
+            except Exception:  # top of a pynetdicom thread: answer, never raise
+                log.exception("store_failed")
+                return OUT_OF_RESOURCES
+
+    def _store_instance(self, event: Event) -> int:
+        context = event.context
+        syntax = UID(context.transfer_syntax)
+        stream = event.encoded_dataset(include_meta=False)
+        try:
+            header = _read_header(stream, syntax.is_implicit_VR, syntax.is_little_endian)
+            request = cast(C_STORE, event.request)
+            if header.sop_instance_uid != str(request.AffectedSOPInstanceUID):
+                raise _Refusal(
+                    SOP_INSTANCE_MISMATCH,
+                    f"data set SOPInstanceUID {header.sop_instance_uid} differs from the request's "
+                    f"{request.AffectedSOPInstanceUID}",
+                )
+            if str(header.sop_class_uid) != str(context.abstract_syntax):
+                raise _Refusal(
+                    SOP_CLASS_MISMATCH,
+                    f"data set SOPClassUID {header.sop_class_uid} differs from {context.abstract_syntax}",
+                )
+        except _Refusal as refusal:
+            log.warning("instance_refused", status=f"0x{refusal.status:04X}", reason=refusal.reason)
+            return refusal.status
+        if self._store.has_instance(header.sop_instance_uid):
+            log.info("instance_duplicate", sop_instance_uid=header.sop_instance_uid)
+            return SUCCESS
+        meta = b"\x00" * 128 + b"DICM" + encode_file_meta(event.file_meta)
+        try:
+            path = self._spool.store(
+                header.study_uid,
+                header.series_uid,
+                header.sop_instance_uid,
+                (meta, stream),
+                len(meta) + len(stream),
+            )
+        except OutOfSpace as error:
+            log.warning("store_refused_out_of_space", reason=str(error))
+            return OUT_OF_RESOURCES
+        record = InstanceRecord(
+            sop_instance_uid=header.sop_instance_uid,
+            sop_class_uid=header.sop_class_uid,
+            series_uid=header.series_uid,
+            study_uid=header.study_uid,
+            modality=header.modality,
+            transfer_syntax_uid=Uid(str(syntax)),
+            calling_ae_title=AeTitle(event.assoc.requestor.ae_title),
+            path=path,
+            received_at=self._clock(),
+        )
+        if not self._store.record_instance(record):
+            # Another association stored the same instance a moment ago.
+            log.info("instance_duplicate", sop_instance_uid=header.sop_instance_uid)
+            return SUCCESS
+        log.info(
+            "instance_stored",
+            sop_instance_uid=record.sop_instance_uid,
+            series_uid=record.series_uid,
+            transfer_syntax=record.transfer_syntax_uid,
+            size=len(meta) + len(stream),
+        )
+        try:
+            self._on_stored(record)
+        except Exception:  # the instance is safe on disk and recorded; the router re-reads the store
+            log.exception("notify_failed", sop_instance_uid=record.sop_instance_uid)
+        return SUCCESS
+
+    def _handle_echo(self, event: Event) -> int:
+        log.info("echo_received", calling_ae=event.assoc.requestor.ae_title)
+        return SUCCESS
+
+    def _handle_accepted(self, event: Event) -> None:
+        requestor = event.assoc.requestor
+        log.info(
+            "association_accepted",
+            calling_ae=requestor.ae_title,
+            peer=requestor.address,
+            assoc_id=event.assoc.native_id,
+            contexts=len(event.assoc.accepted_contexts),
+        )
+
+    def _handle_rejected(self, event: Event) -> None:
+        requestor = event.assoc.requestor
+        log.warning(
+            "association_rejected",
+            calling_ae=requestor.ae_title,
+            peer=requestor.address,
+        )
+
+    def _handle_aborted(self, event: Event) -> None:
+        log.warning("association_aborted", calling_ae=event.assoc.requestor.ae_title)

@@ -1,0 +1,288 @@
+"""The router: one thread that owns all series state between receipt and the engine.
+
+It takes stored-instance notifications from the storage SCP, parses each
+spooled file's header (off the association thread), and every tick decides
+for each RECEIVED job whether its series is complete. A complete series is
+qualified and moves to WAITING (and onto the engine queue) or to REFUSED
+with the reason kept in the job store.
+
+The job store is the truth; notifications are only hints. Each tick the
+router compares what it has parsed with the job's instance count in the
+store and reads any instance it missed, so a lost notification, a restart,
+a reopened job or a new job generation all take the same path.
+
+On start it recovers: PROCESSING jobs (the engine died mid-job) go back to
+WAITING, WAITING jobs are re-enqueued, RECEIVED jobs have their instances
+re-read. Start the router before the engine worker, so no job is PROCESSING
+for a live engine while this happens.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from ct2pet_node.config import RoutingConfig
+from ct2pet_node.dicom.headers import read_slice_header
+from ct2pet_node.domain.jobs import Job, JobState
+from ct2pet_node.domain.records import InstanceRecord, SliceHeader
+from ct2pet_node.errors import Ct2PetError, SeriesRefused, StorageError
+from ct2pet_node.routing.completion import decide_completion
+from ct2pet_node.routing.qualify import qualify_series
+from ct2pet_node.service.queue import EngineQueue
+from ct2pet_node.spool.jobstore import JobStore
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_TICK_SECONDS = 0.5
+
+
+@dataclass(slots=True)
+class _SeriesState:
+    """What the router has parsed of one RECEIVED job; private to the router thread."""
+
+    job_id: int
+    headers: dict[str, SliceHeader] = field(default_factory=dict)
+    problems: dict[str, str] = field(default_factory=dict)
+
+    def knows(self, sop_instance_uid: str) -> bool:
+        return sop_instance_uid in self.headers or sop_instance_uid in self.problems
+
+    @property
+    def seen(self) -> int:
+        return len(self.headers) + len(self.problems)
+
+
+class Router:
+    """Series completion, qualification and hand-over to the engine queue.
+
+    Parameters
+    ----------
+    store : JobStore
+        The source of truth; every decision is persisted before it takes effect.
+    engine_queue : EngineQueue
+        Where WAITING job ids go.
+    routing : RoutingConfig
+        Quiet period and qualification limits.
+    clock : callable
+        Wall clock, seconds since the epoch (the store's ``last_instance_at`` is wall clock too).
+    tick_seconds : float
+        How often the thread decides completion and polls force requests, seconds.
+    """
+
+    def __init__(
+        self,
+        store: JobStore,
+        engine_queue: EngineQueue,
+        routing: RoutingConfig,
+        *,
+        clock: Callable[[], float] = time.time,
+        tick_seconds: float = DEFAULT_TICK_SECONDS,
+    ) -> None:
+        self._store = store
+        self._queue = engine_queue
+        self._routing = routing
+        self._clock = clock
+        self._tick_seconds = tick_seconds
+        self._inbox: queue.SimpleQueue[InstanceRecord] = queue.SimpleQueue()
+        self._series: dict[str, _SeriesState] = {}  # series UID -> state of its RECEIVED job
+        self._unqueued: list[int] = []  # WAITING job ids the engine queue refused for now
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # Called from other threads ------------------------------------------------------------------
+
+    def notify(self, record: InstanceRecord) -> None:
+        """Tell the router an instance was stored; never blocks (association threads call it)."""
+        self._inbox.put(record)
+
+    def start(self) -> None:
+        """Recover from the store, then run the router thread."""
+        self.recover()
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name="router", daemon=True)
+        self._thread.start()
+        log.info("router_started", tick_seconds=self._tick_seconds)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop after handling every notification already received; wait up to ``timeout`` s."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("router_stop_timed_out", timeout=timeout)
+            self._thread = None
+        log.info("router_stopped")
+
+    # The router thread ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_tick = time.monotonic()
+        while not self._stopping.is_set():
+            try:
+                self._wait_and_handle(max(0.0, next_tick - time.monotonic()))
+                if time.monotonic() >= next_tick:
+                    self.tick(self._clock())
+                    next_tick = time.monotonic() + self._tick_seconds
+            except Exception:  # thread top level: log, keep routing; the store still holds everything
+                log.exception("router_error")
+                self._stopping.wait(self._tick_seconds)
+        self.drain()
+
+    def _wait_and_handle(self, timeout: float) -> None:
+        try:
+            record = self._inbox.get(timeout=timeout)
+        except queue.Empty:
+            return
+        self.handle(record)
+        self.drain()
+
+    def drain(self) -> None:
+        """Handle every notification waiting in the inbox."""
+        while True:
+            try:
+                record = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            self.handle(record)
+
+    # Decisions (public so tests can drive the router without its thread) -------------------------
+
+    def recover(self) -> None:
+        """Bring the in-memory state and the engine queue back in line with the store."""
+        for job in self._store.list_jobs([JobState.PROCESSING]):
+            self._store.transition(job.id, JobState.PROCESSING, JobState.WAITING, recovered_from="processing")
+            log.warning("job_requeued_after_crash", job_id=job.id, series_uid=job.series_uid)
+        waiting = self._store.list_jobs([JobState.WAITING])
+        for job in waiting:
+            self._enqueue(job.id)
+        received = self._store.list_jobs([JobState.RECEIVED])
+        for job in received:
+            self._sync(job)
+        log.info("router_recovered", waiting=len(waiting), received=len(received))
+
+    def handle(self, record: InstanceRecord) -> None:
+        """Parse one newly stored instance into its series' state."""
+        state = self._series.get(record.series_uid)
+        if state is not None and not state.knows(record.sop_instance_uid):
+            self._parse(state, record)
+        # Otherwise the next tick's sync reads it from the store with the rest of its job.
+
+    def tick(self, now: float) -> None:
+        """Decide completion of every RECEIVED job at wall-clock time ``now`` (seconds)."""
+        self._offer_unqueued()
+        received = self._store.list_jobs([JobState.RECEIVED])
+        live = {job.series_uid for job in received}
+        for series_uid in list(self._series):
+            if series_uid not in live:
+                del self._series[series_uid]
+        for job in received:
+            state = self._sync(job)
+            decision = decide_completion(
+                list(state.headers.values()),
+                job.last_instance_at,
+                now,
+                self._routing.series_quiet_seconds,
+                job.forced,
+                grid_tolerance_mm=self._routing.slice_spacing_tolerance_mm,
+            )
+            if decision.complete:
+                self._finish(job, state, decision.why)
+
+    def _sync(self, job: Job) -> _SeriesState:
+        state = self._series.get(job.series_uid)
+        if state is None or state.job_id != job.id:
+            state = _SeriesState(job.id)
+            self._series[job.series_uid] = state
+        if state.seen < job.n_instances:
+            for record in self._store.instances_of(job.series_uid):
+                if not state.knows(record.sop_instance_uid):
+                    self._parse(state, record)
+        return state
+
+    def _parse(self, state: _SeriesState, record: InstanceRecord) -> None:
+        try:
+            header = read_slice_header(record.path)
+        except Ct2PetError as error:
+            self._unreadable(state, record, str(error))
+            return
+        except Exception as error:  # a library's parse error: same outcome, but keep the traceback
+            log.exception("header_parse_error", sop_instance_uid=record.sop_instance_uid)
+            self._unreadable(state, record, f"{type(error).__name__}: {error}")
+            return
+        state.headers[record.sop_instance_uid] = header
+
+    def _unreadable(self, state: _SeriesState, record: InstanceRecord, why: str) -> None:
+        problem = f"instance {record.sop_instance_uid} unreadable: {why}"
+        state.problems[record.sop_instance_uid] = problem
+        self._store.set_instance_problem(record.sop_instance_uid, problem)
+        log.warning(
+            "instance_unreadable",
+            job_id=state.job_id,
+            series_uid=record.series_uid,
+            sop_instance_uid=record.sop_instance_uid,
+            reason=why,
+        )
+
+    def _finish(self, job: Job, state: _SeriesState, why_complete: str) -> None:
+        seen = state.seen
+        reason, notes = self._refusal_reason(state)
+        target = JobState.WAITING if reason is None else JobState.REFUSED
+        moved = self._store.transition(
+            job.id,
+            JobState.RECEIVED,
+            target,
+            reason,
+            expected_n_instances=seen,
+            completed_because=why_complete,
+            qualification_notes=list(notes),
+        )
+        if moved is None:
+            # An instance arrived (or the job moved) since we looked: decide again next tick.
+            log.info("series_decision_deferred", job_id=job.id, series_uid=job.series_uid)
+            return
+        del self._series[job.series_uid]
+        if target is JobState.WAITING:
+            log.info(
+                "series_complete",
+                job_id=job.id,
+                series_uid=job.series_uid,
+                n_instances=seen,
+                because=why_complete,
+                notes=list(notes),
+            )
+            self._enqueue(job.id)
+        else:
+            log.warning("series_refused", job_id=job.id, series_uid=job.series_uid, reason=reason)
+
+    def _refusal_reason(self, state: _SeriesState) -> tuple[str | None, tuple[str, ...]]:
+        """Why the complete series is refused (None: it qualifies), and qualification's notes."""
+        if state.problems:
+            first = next(iter(state.problems.values()))
+            more = len(state.problems) - 1
+            return (first if more == 0 else f"{first} (and {more} more unreadable instances)"), ()
+        try:
+            qualified = qualify_series(list(state.headers.values()), self._routing)
+        except SeriesRefused as refusal:
+            return str(refusal), ()
+        return None, qualified.notes
+
+    def _enqueue(self, job_id: int) -> None:
+        try:
+            self._queue.put(job_id)
+        except StorageError as error:
+            log.warning("enqueue_deferred", job_id=job_id, reason=str(error))
+            if job_id not in self._unqueued:
+                self._unqueued.append(job_id)
+
+    def _offer_unqueued(self) -> None:
+        pending, self._unqueued = self._unqueued, []
+        for job_id in pending:
+            job = self._store.get_job(job_id)
+            if job is not None and job.state is JobState.WAITING:
+                self._enqueue(job_id)
