@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,9 +42,7 @@ def sample_dir() -> Path:
     """The real PET/CT sample study: a folder holding ``CT/`` and ``PT/``."""
     found = _unpacked_sample()
     if found is None:
-        pytest.skip(
-            f"shared sample study not found: set CT2PET_SAMPLE_DIR or provide {SAMPLE_ARCHIVE}"
-        )
+        pytest.skip(f"shared sample study not found: set CT2PET_SAMPLE_DIR or provide {SAMPLE_ARCHIVE}")
     return found
 
 
@@ -53,3 +52,37 @@ def reference_dir() -> Path:
     if not (REFERENCE_DIR / "cpdm-tiny" / "vectors.npz").is_file():
         pytest.skip(f"CPDM reference not found at {REFERENCE_DIR}: set CT2PET_SHARED_DIR")
     return REFERENCE_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(reference_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny reference release imported into a weights directory (64x64 model: plumbing, not quality)."""
+    from ct2pet_node.engine.weights import import_release
+
+    release = reference_dir / "cpdm-tiny"
+    out_dir = tmp_path_factory.mktemp("weights") / "cpdm-tiny"
+    import_release(
+        release / "config.yaml",
+        release / "cpdm.pth",
+        release / "vqgan.ckpt",
+        release / "segmentation.ckpt",
+        release / "segmentation.json",
+        out_dir=out_dir,
+    )
+    return out_dir
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Undo what a CLI command invoked in-process (click's CliRunner) does to global logging."""
+    import logging
+
+    import structlog
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    structlog_config = structlog.get_config()
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    structlog.configure(**structlog_config)

@@ -33,9 +33,16 @@ class AdminServer:
         self._token = token
         self._status = status
         self._metrics = metrics
-        self._server = ThreadingHTTPServer((host, port), self._handler_class())
+        try:
+            self._server = ThreadingHTTPServer((host, port), self._handler_class())
+        except OSError as error:
+            raise Ct2PetError(
+                f"the admin endpoint cannot listen on {host}:{port}: {error.strerror or error}; "
+                "choose a free port in [admin] listen or stop the process using it"
+            ) from error
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="admin", daemon=True)
+        self._started = False
 
     @property
     def address(self) -> tuple[str, int]:
@@ -44,12 +51,17 @@ class AdminServer:
 
     def start(self) -> None:
         self._thread.start()
+        self._started = True
         log.info("admin_listening", host=self.address[0], port=self.address[1])
 
     def stop(self) -> None:
-        self._server.shutdown()
+        """Stop serving and close the socket; safe to call when never started."""
+        if self._started:
+            # shutdown() waits for serve_forever to notice, so only a started server may be asked.
+            self._server.shutdown()
+            self._thread.join(timeout=5)
+            self._started = False
         self._server.server_close()
-        self._thread.join(timeout=5)
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -60,7 +72,13 @@ class AdminServer:
                     self._reply(HTTPStatus.UNAUTHORIZED, "text/plain", b"a valid bearer token is required\n")
                     return
                 if self.path == "/status":
-                    body = json.dumps(server._status(), default=str).encode()
+                    try:
+                        body = json.dumps(server._status(), default=str).encode()
+                    except Exception as error:  # top of a handler thread: answer, and keep the traceback
+                        log.exception("status_failed")
+                        text = f"status unavailable: {type(error).__name__}: {error}\n"
+                        self._reply(HTTPStatus.INTERNAL_SERVER_ERROR, "text/plain", text.encode())
+                        return
                     self._reply(HTTPStatus.OK, "application/json", body)
                 elif self.path == "/metrics":
                     self._reply(HTTPStatus.OK, "text/plain; version=0.0.4", server._metrics.render().encode())

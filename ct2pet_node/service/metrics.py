@@ -30,15 +30,25 @@ class _Metric:
         self.help_text = help_text
         self._values: dict[LabelKey, float] = {}
         self._lock = threading.Lock()
+        self._reader: Callable[[], dict[LabelKey, float]] | None = None
+
+    def read_from(self, reader: Callable[[], dict[LabelKey, float]]) -> None:
+        """Take the samples from ``reader`` at scrape time instead of from ``inc``/``set``.
+
+        For values whose truth lives elsewhere (the job store), so they
+        survive a restart and can never disagree with ``jobs list``.
+        """
+        self._reader = reader
 
     def _key(self, labels: dict[str, str]) -> LabelKey:
         return tuple(sorted(labels.items()))
 
     def value(self, **labels: str) -> float:
-        with self._lock:
-            return self._values.get(self._key(labels), 0.0)
+        return dict(self.samples()).get(self._key(labels), 0.0)
 
     def samples(self) -> Iterable[tuple[LabelKey, float]]:
+        if self._reader is not None:
+            return list(self._reader().items())
         with self._lock:
             return list(self._values.items())
 
@@ -64,21 +74,9 @@ class Gauge(_Metric):
 
     kind = "gauge"
 
-    def __init__(self, name: str, help_text: str) -> None:
-        super().__init__(name, help_text)
-        self._reader: Callable[[], dict[LabelKey, float]] | None = None
-
     def set(self, value: float, **labels: str) -> None:
         with self._lock:
             self._values[self._key(labels)] = value
-
-    def read_from(self, reader: Callable[[], dict[LabelKey, float]]) -> None:
-        self._reader = reader
-
-    def samples(self) -> Iterable[tuple[LabelKey, float]]:
-        if self._reader is not None:
-            return list(self._reader().items())
-        return super().samples()
 
 
 class Registry:
@@ -91,11 +89,17 @@ class Registry:
         self.instances_rejected = Counter(
             "ct2pet_instances_rejected_total", "C-STORE requests answered with a failure status, by status."
         )
-        self.series_completed = Counter("ct2pet_series_completed_total", "Series complete and qualified.")
+        # Both read from the job store by the composition root: jobs that got past (or were
+        # refused at) qualification, by the router or at the engine's re-qualification.
+        self.series_completed = Counter(
+            "ct2pet_series_completed_total", "Series complete and qualified (jobs past qualification)."
+        )
         self.series_refused = Counter("ct2pet_series_refused_total", "Series refused at qualification.")
         self.engine_seconds = Counter("ct2pet_engine_seconds_total", "Seconds spent translating volumes.")
         self.engine_slices = Counter("ct2pet_engine_slices_total", "CT slices translated.")
-        self.send_failures = Counter("ct2pet_send_failures_total", "Failed delivery attempts, by destination.")
+        self.send_failures = Counter(
+            "ct2pet_send_failures_total", "Failed delivery attempts, by destination."
+        )
         self.instances_sent = Counter("ct2pet_instances_sent_total", "Instances delivered, by destination.")
         self.jobs = Gauge("ct2pet_jobs", "Jobs by state.")
         self.queue_depth = Gauge("ct2pet_queue_depth", "Items waiting, by queue.")

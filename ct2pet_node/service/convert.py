@@ -1,0 +1,84 @@
+"""``ct2pet-node convert``: the receive-side checks, the engine and the writer on a folder.
+
+No network and no job store: every CT series found under the folder is
+qualified exactly as the node would qualify it, translated, and written to
+``OUT_DIR/<CT series UID>/<kind>/``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import structlog
+
+from ct2pet_node.config import Config
+from ct2pet_node.dicom.volume import build_ct_volume, scan_folder
+from ct2pet_node.errors import EngineError, InputError, SeriesRefused
+from ct2pet_node.routing.qualify import qualify_series
+from ct2pet_node.service.synthesis import Sampling, WrittenSeries, write_outputs
+from ct2pet_node.service.worker import Translator
+
+log = structlog.get_logger(__name__)
+
+ProgressFactory = Callable[[str, int], Callable[[int, int], None]]
+
+
+@dataclass(frozen=True, slots=True)
+class ConvertResult:
+    """What became of one CT series found in the folder."""
+
+    series_uid: str
+    slices: int
+    written: tuple[WrittenSeries, ...]
+    refused: str | None
+
+
+def convert_folder(
+    config: Config,
+    ct_dir: Path,
+    out_dir: Path,
+    translator: Translator,
+    progress: ProgressFactory | None = None,
+) -> list[ConvertResult]:
+    """Convert every CT series under ``ct_dir``; refused series are reported, not raised."""
+    found = scan_folder(ct_dir)
+    if not found:
+        raise InputError(f"no DICOM files found under {ct_dir}; give the folder holding the CT series")
+    sampling = Sampling(
+        steps=config.engine.steps or translator.default_steps, eta=config.engine.eta, seed=config.engine.seed
+    )
+    results: list[ConvertResult] = []
+    for series_uid, headers in sorted(found.items()):
+        try:
+            ct = build_ct_volume(qualify_series(headers, config.routing))
+        except SeriesRefused as refusal:
+            log.warning("series_refused", series_uid=series_uid, reason=str(refusal))
+            results.append(ConvertResult(series_uid, len(headers), (), str(refusal)))
+            continue
+        callback = progress(series_uid, ct.hu.shape[0]) if progress else None
+        values = translator(
+            ct.hu, kvp=ct.kvp, steps=sampling.steps, eta=sampling.eta, seed=sampling.seed, progress=callback
+        )
+        if not np.all(np.isfinite(values)):
+            raise EngineError(
+                f"the engine produced NaN or infinite values for series {series_uid}; nothing was written "
+                "for it: check the weights with `ct2pet-node weights verify`"
+            )
+        reference = next(h.path for h in headers if h.sop_instance_uid == ct.sources[0].sop_instance_uid)
+        written = write_outputs(
+            ct,
+            values,
+            model_id=translator.model_id,
+            output_units=translator.output_units,
+            image_size=translator.image_size,
+            sampling=sampling,
+            output=config.output,
+            reference_header=reference,
+            out_root=out_dir / series_uid,
+        )
+        log.info("series_converted", series_uid=series_uid, slices=ct.hu.shape[0])
+        results.append(ConvertResult(series_uid, ct.hu.shape[0], tuple(written), None))
+    return results

@@ -1,0 +1,307 @@
+"""The engine worker: one thread that takes WAITING jobs and turns them into result files.
+
+For each job: re-read the series' headers, qualify and build the HU volume,
+translate it in chunks of slices (each finished chunk checkpointed to
+``data_dir/work/<job>/`` so a stop or a crash loses at most one chunk),
+write every configured output kind into ``data_dir/results/<job>/<kind>/``
+and hand the files to the sender. Nothing is sent before every file of the
+job is written, so nothing half-written ever leaves the node.
+
+The worker never imports torch: it is given a :class:`Translator`, built by
+the composition root from :func:`ct2pet_node.engine.load_pipeline`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shutil
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import structlog
+
+from ct2pet_node.config import Config
+from ct2pet_node.dicom.headers import read_slice_header
+from ct2pet_node.dicom.volume import build_ct_volume
+from ct2pet_node.domain.jobs import Job, JobState
+from ct2pet_node.domain.volume import CtVolume
+from ct2pet_node.errors import Ct2PetError, EngineError, SeriesRefused
+from ct2pet_node.routing.qualify import qualify_series
+from ct2pet_node.service.metrics import Registry
+from ct2pet_node.service.queue import EngineQueue
+from ct2pet_node.service.synthesis import Sampling, WrittenSeries, write_outputs
+from ct2pet_node.spool.atomic import atomic_write, ensure_private_dir
+from ct2pet_node.spool.jobstore import JobStore
+
+log = structlog.get_logger(__name__)
+
+# Slices per checkpoint: small enough that a stop loses little work on a CPU,
+# large enough that a GPU batch is not starved.
+CHUNK_SLICES = 16
+# How long the engine idles before it looks in the job store for WAITING jobs nobody queued, seconds.
+IDLE_POLL_SECONDS = 5.0
+
+
+class Translator(Protocol):
+    """What the worker needs of the engine's pipeline (see ct2pet_node.engine.pipeline)."""
+
+    model_id: str
+    image_size: int
+    output_units: str
+    default_steps: int
+
+    def __call__(
+        self,
+        hu: np.ndarray,
+        kvp: float | None = None,
+        steps: int | None = None,
+        eta: float | None = None,
+        seed: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        first_slice_index: int = 0,
+    ) -> np.ndarray: ...
+
+
+class StopRequested(Exception):
+    """Raised inside a translation when the node is stopping; the job goes back to WAITING."""
+
+
+class EngineWorker:
+    """Owns the engine thread; see the module docstring."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: JobStore,
+        queue: EngineQueue,
+        translator: Translator,
+        submit: Callable[[int, Sequence[Path]], bool],
+        metrics: Registry,
+        *,
+        chunk_slices: int = CHUNK_SLICES,
+        idle_poll_seconds: float = IDLE_POLL_SECONDS,
+    ) -> None:
+        if chunk_slices < 1:
+            raise ValueError(f"chunk_slices must be at least 1, got {chunk_slices}")
+        self.config = config
+        self.chunk_slices = chunk_slices
+        self.idle_poll_seconds = idle_poll_seconds
+        self.store = store
+        self.queue = queue
+        self.translator = translator
+        self._submit = submit
+        self.metrics = metrics
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.current_job: int | None = None
+        self.sampling = Sampling(
+            steps=config.engine.steps or translator.default_steps,
+            eta=config.engine.eta,
+            seed=config.engine.seed,
+        )
+
+    @property
+    def results_root(self) -> Path:
+        return self.config.node.data_dir / "results"
+
+    @property
+    def work_root(self) -> Path:
+        return self.config.node.data_dir / "work"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
+        self._thread.start()
+
+    def request_stop(self) -> None:
+        """Ask the current translation to checkpoint at its next chunk boundary; returns at once."""
+        self._stop.set()
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Ask the current translation to checkpoint and stop; True when the thread ended."""
+        self.request_stop()
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        idle_since = time.monotonic()
+        while not self._stop.is_set():
+            job_id = self.queue.get(timeout=0.5)
+            if job_id is None and time.monotonic() - idle_since >= self.idle_poll_seconds:
+                # The queue holds hints only: a job made WAITING by another process (`jobs retry`)
+                # or whose hint was lost is found here, in the store, the source of truth.
+                idle_since = time.monotonic()
+                job_id = self._oldest_waiting()
+            if job_id is None:
+                continue
+            try:
+                self.process(job_id)
+            except Exception:
+                # process() files every expected failure under the job; reaching here is a bug,
+                # and the thread must live on to serve the next job.
+                log.exception("engine_worker_crashed", job_id=job_id)
+            idle_since = time.monotonic()
+
+    def _oldest_waiting(self) -> int | None:
+        try:
+            waiting = self.store.list_jobs([JobState.WAITING])
+        except Ct2PetError as error:
+            log.warning("waiting_jobs_unreadable", reason=str(error))
+            return None
+        return waiting[0].id if waiting else None
+
+    # -- one job -----------------------------------------------------------------------------
+
+    def process(self, job_id: int) -> JobState | None:
+        """Run one job to SENDING/DONE, REFUSED or FAILED; None when it was not WAITING."""
+        job = self.store.claim(job_id)
+        if job is None:
+            return None
+        self.current_job = job.id
+        log.info("generation_started", job_id=job.id, series_uid=job.series_uid, attempt=job.attempts)
+        try:
+            return self._process(job)
+        except StopRequested:
+            self.store.transition(
+                job.id, JobState.PROCESSING, JobState.WAITING, reason="node stopped; resumes"
+            )
+            log.info("generation_checkpointed", job_id=job.id)
+            return JobState.WAITING
+        except SeriesRefused as error:
+            # Re-qualification on the spooled files refused what the router accepted (files gone
+            # or changed since): same outcome as a refusal at the router.
+            log.warning("series_refused", job_id=job.id, series_uid=job.series_uid, reason=str(error))
+            self.store.set_state(job.id, JobState.REFUSED, str(error))
+            return JobState.REFUSED
+        except Ct2PetError as error:
+            log.warning("generation_failed", job_id=job.id, reason=str(error))
+            self.store.set_state(job.id, JobState.FAILED, str(error))
+            return JobState.FAILED
+        except MemoryError:
+            reason = "out of memory while translating; lower the batch size or free memory, then retry"
+            log.error("generation_failed", job_id=job.id, reason=reason)
+            self.store.set_state(job.id, JobState.FAILED, reason)
+            return JobState.FAILED
+        except Exception as error:
+            log.exception("generation_failed", job_id=job.id)
+            self.store.set_state(job.id, JobState.FAILED, f"internal error: {type(error).__name__}: {error}")
+            return JobState.FAILED
+        finally:
+            self.current_job = None
+
+    def _process(self, job: Job) -> JobState:
+        ct = self._load_volume(job)
+        started = time.monotonic()
+        values, reused = self._translate(job.id, ct)
+        elapsed = time.monotonic() - started
+        translated = ct.hu.shape[0] - reused
+        self.metrics.engine_seconds.inc(elapsed)
+        self.metrics.engine_slices.inc(translated)
+        log.info(
+            "generation_finished",
+            job_id=job.id,
+            slices=ct.hu.shape[0],
+            reused_slices=reused,
+            seconds=round(elapsed, 2),
+        )
+        written = self._write(job, ct, values)
+        self.store.set_output_series_uids(job.id, [series.series_uid for series in written])
+        paths = [path for series in written for path in series.paths]
+        results_dir = self.results_root / str(job.id)
+        shutil.rmtree(self.work_root / str(job.id), ignore_errors=True)
+        if not self.config.destinations:
+            self.store.set_state(
+                job.id,
+                JobState.DONE,
+                None,
+                results_dir=str(results_dir),
+                delivery="no destination configured: results stay in results_dir",
+            )
+            return JobState.DONE
+        # SENDING is persisted before the files reach the outbox: the sender may deliver them and
+        # move the job to DONE before submit() even returns. A crash in between is settled by
+        # the composition root's reconcile_sending on the next start.
+        self.store.set_state(job.id, JobState.SENDING, None, results_dir=str(results_dir))
+        if not self._submit(job.id, paths):
+            self.store.transition(
+                job.id,
+                JobState.SENDING,
+                JobState.DONE,
+                None,
+                delivery="no destination took the files: results stay in results_dir",
+            )
+            return JobState.DONE
+        return JobState.SENDING
+
+    def _load_volume(self, job: Job) -> CtVolume:
+        headers = [read_slice_header(record.path) for record in self.store.instances_of(job.series_uid)]
+        return build_ct_volume(qualify_series(headers, self.config.routing))
+
+    def _translate(self, job_id: int, ct: CtVolume) -> tuple[np.ndarray, int]:
+        """The PET values (z, y, x) for the CT volume, and how many slices came from checkpoints."""
+        count = ct.hu.shape[0]
+        work = self.work_root / str(job_id)
+        key = self._checkpoint_key(ct)
+        out = np.empty(ct.hu.shape, dtype=np.float32)
+        reused = 0
+        ensure_private_dir(work)
+        for start in range(0, count, self.chunk_slices):
+            stop = min(start + self.chunk_slices, count)
+            checkpoint = work / f"{key}-{start:05d}-{stop:05d}.npy"
+            if checkpoint.is_file():
+                out[start:stop] = np.load(checkpoint, allow_pickle=False)
+                reused += stop - start
+                continue
+            if self._stop.is_set():
+                raise StopRequested
+            out[start:stop] = self.translator(
+                ct.hu[start:stop],
+                kvp=ct.kvp,
+                steps=self.sampling.steps,
+                eta=self.sampling.eta,
+                seed=self.sampling.seed,
+                first_slice_index=start,
+            )
+            if not np.all(np.isfinite(out[start:stop])):
+                raise EngineError(
+                    f"the engine produced NaN or infinite values for slices {start}..{stop - 1}"
+                )
+            atomic_write(checkpoint, _npy_bytes(out[start:stop]))
+            log.info("chunk_checkpointed", job_id=job_id, first_slice=start, slices=stop - start)
+        return out, reused
+
+    def _checkpoint_key(self, ct: CtVolume) -> str:
+        # A checkpoint is only reused for the same model and sampling settings.
+        text = f"{self.translator.model_id}|{self.sampling}|{ct.hu.shape}|{ct.series_uid}|{self.chunk_slices}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def _write(self, job: Job, ct: CtVolume, values: np.ndarray) -> list[WrittenSeries]:
+        first_source = ct.sources[0].sop_instance_uid
+        records = self.store.instances_of(job.series_uid)
+        reference = next(r.path for r in records if r.sop_instance_uid == first_source)
+        return write_outputs(
+            ct,
+            values,
+            model_id=self.translator.model_id,
+            output_units=self.translator.output_units,
+            image_size=self.translator.image_size,
+            sampling=self.sampling,
+            output=self.config.output,
+            reference_header=reference,
+            out_root=self.results_root / str(job.id),
+        )
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()

@@ -1,0 +1,65 @@
+"""``ct2pet-node status`` as text, from the ``/status`` JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ct2pet_node.service.status_text import render_status
+
+NOW = 1_800_000_000.0
+
+
+def _report(**overrides: Any) -> dict[str, Any]:
+    report: dict[str, Any] = {
+        "version": "0.1.0",
+        "ae_title": "CT2PET",
+        "port": 11112,
+        "uptime_seconds": 600,
+        "model": {"id": "cpdm-demo", "output_units": "relative", "device": "cuda:0", "steps": 10},
+        "jobs": {"waiting": 2, "done": 5},
+        "queues": {"engine": 2, "outbox_due": 0},
+        "current_job": 7,
+        "oldest_waiting": {"id": 8, "series_uid": "1.2.3", "since": NOW - 90},
+        "destinations": [
+            {
+                "name": "pacs",
+                "address": "PACS@10.0.0.5:104",
+                "last_result": "delivered 60 instances",
+                "last_success_at": NOW - 30,
+                "dead": 1,
+            }
+        ],
+        "dead_letters": [{"job_id": 3, "destination": "pacs", "last_error": "association rejected"}],
+        "last_errors": [
+            {"time": NOW - 10, "level": "warning", "event": "send_failed", "error": "timeout"},
+        ],
+    }
+    report.update(overrides)
+    return report
+
+
+def test_every_part_of_the_status_is_shown() -> None:
+    text = render_status(_report(), now=NOW)
+    assert "ct2pet-node 0.1.0  AE CT2PET port 11112  up 10.0 min" in text
+    assert "model      cpdm-demo (relative) on cuda:0, 10 steps" in text
+    assert "jobs       waiting 2, done 5" in text
+    assert "queues     engine 2, outbox_due 0" in text
+    assert "processing job 7" in text
+    assert "oldest waiting: job 8, 90 s ago" in text
+    assert (
+        "destination pacs PACS@10.0.0.5:104: last result delivered 60 instances, last success 30 s ago"
+        in text
+    )
+    assert "dead letters 1" in text
+    assert "DEAD LETTER job 3 -> pacs: association rejected" in text
+    assert "10 s ago  warning  send_failed  timeout" in text
+
+
+def test_an_idle_node_without_destinations_says_where_results_stay() -> None:
+    text = render_status(
+        _report(current_job=None, oldest_waiting=None, destinations=[], dead_letters=[], last_errors=[]),
+        now=NOW,
+    )
+    assert "processing job" not in text and "oldest waiting" not in text
+    assert "destinations: none configured (results stay in data_dir)" in text
+    assert "last errors" not in text
