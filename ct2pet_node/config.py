@@ -9,6 +9,7 @@ with its key and its fix instead of stopping at the first.
 from __future__ import annotations
 
 import ipaddress
+import os
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -37,7 +38,34 @@ class NodeConfig:
 
 @dataclass(frozen=True, slots=True)
 class SecurityConfig:
+    """Who may talk to the node, over what, and how much one instance may weigh.
+
+    Attributes
+    ----------
+    allowed_calling_ae_titles : tuple of str
+        Empty: any calling AE title may store.
+    tls_certificate, tls_private_key : Path or None
+        PEM server certificate (chain) and its key; set both to make the
+        DICOM port speak TLS only (no plain TCP fallback on that port).
+    tls_ca_certificates : Path or None
+        PEM bundle of the CAs whose client certificates are trusted.
+    require_client_certificate : bool
+        Refuse a TLS client that shows no certificate signed by those CAs.
+    max_instance_mb : int
+        Largest data set one C-STORE may carry, MiB; a larger one is
+        discarded as it arrives and answered 0xA701.
+    """
+
     allowed_calling_ae_titles: tuple[str, ...]
+    tls_certificate: Path | None = None
+    tls_private_key: Path | None = None
+    tls_ca_certificates: Path | None = None
+    require_client_certificate: bool = False
+    max_instance_mb: int = 512
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_certificate is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +242,45 @@ def _parse_security(check: _Checker) -> SecurityConfig:
             check.problems.append(
                 f"[security] allowed_calling_ae_titles: {title!r} is not an AE title (1-16 printable ASCII)"
             )
-    return SecurityConfig(allowed_calling_ae_titles=tuple(allowed))
+    certificate = _pem_file(check, table, "tls_certificate", "the node's PEM certificate (chain)")
+    private_key = _pem_file(check, table, "tls_private_key", "the PEM private key of tls_certificate")
+    ca_bundle = _pem_file(check, table, "tls_ca_certificates", "a PEM bundle of the CAs of your senders")
+    require_client = check.get("[security]", table, "require_client_certificate", bool, fix="true or false")
+    max_instance = check.get(
+        "[security]", table, "max_instance_mb", int, lambda v: v >= 1, "megabytes, 1 or more"
+    )
+    if (certificate is None) != (private_key is None):
+        check.problems.append(
+            "[security] tls_certificate, tls_private_key: set both (TLS on) or neither (plain TCP)"
+        )
+    if require_client and (certificate is None or ca_bundle is None):
+        check.problems.append(
+            "[security] require_client_certificate: needs tls_certificate, tls_private_key and "
+            "tls_ca_certificates; set them or set it to false"
+        )
+    return SecurityConfig(
+        allowed_calling_ae_titles=tuple(allowed),
+        tls_certificate=certificate,
+        tls_private_key=private_key,
+        tls_ca_certificates=ca_bundle,
+        require_client_certificate=bool(require_client),
+        max_instance_mb=max_instance or 512,
+    )
+
+
+def _pem_file(check: _Checker, table: Mapping[str, Any], key: str, fix: str) -> Path | None:
+    """An optional file path ("" for none) that must exist and be readable by this user."""
+    value = check.get("[security]", table, key, str, fix=f'a file path, or "" for none ({fix})')
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_file():
+        check.problems.append(f"[security] {key}: {str(path)!r} is not a file; give {fix}")
+    elif not os.access(path, os.R_OK):
+        check.problems.append(
+            f"[security] {key}: {str(path)!r} is not readable by this user; fix its owner or mode"
+        )
+    return path
 
 
 def _parse_routing(check: _Checker) -> RoutingConfig:

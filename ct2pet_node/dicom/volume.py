@@ -130,6 +130,15 @@ def _require_full_pixel_data(dataset: Dataset, header: SliceHeader) -> None:
             f"{frames} frame(s) of {rows}x{columns} pixels at {bits} bits need {needed}; "
             "the file is truncated, resend it"
         )
+    frame_bytes = max(1, needed // frames)
+    if found - needed >= frame_bytes:
+        # A whole frame too many: Rows, Columns or BitsAllocated do not describe
+        # the data (pydicom would decode the extra bytes as more frames).
+        raise SeriesRefused(
+            f"instance {header.sop_instance_uid} holds {found} bytes of pixel data, but "
+            f"{frames} frame(s) of {rows}x{columns} pixels at {bits} bits are {needed}; its Rows, "
+            "Columns, BitsAllocated or NumberOfFrames do not describe its pixels, fix the sender"
+        )
 
 
 def _decode(dataset: Dataset, header: SliceHeader) -> np.ndarray:

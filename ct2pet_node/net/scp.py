@@ -10,6 +10,8 @@ codes it answers:
 0xA700    out of resources: the data directory is at its free-space
           watermark, or the spool or job store could not be written (the
           sender should retry later)
+0xA701    out of resources: the data set is larger than
+          ``[security] max_instance_mb`` (discarded as it arrived)
 0xA900    the data set's SOP Class UID differs from the C-STORE request's
 0xC210    cannot understand: the data set cannot be parsed at all
 0xC211    cannot understand: SOPInstanceUID, SeriesInstanceUID,
@@ -22,7 +24,6 @@ codes it answers:
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -39,18 +40,19 @@ from pynetdicom import AE, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.events import Event
-from pynetdicom.transport import ThreadedAssociationServer
 
 from ct2pet_node.config import NodeConfig, SecurityConfig
 from ct2pet_node.domain.records import InstanceRecord
 from ct2pet_node.domain.uids import AeTitle, SeriesUid, SopInstanceUid, StudyUid, Uid, require_uid
 from ct2pet_node.errors import InputError, OutOfSpace, StorageError
+from ct2pet_node.net import tls
 from ct2pet_node.net.contexts import (
     ACCEPTED_TRANSFER_SYNTAXES,
     CT_STORAGE_SOP_CLASSES,
     UNCOMPRESSED_TRANSFER_SYNTAXES,
     VERIFICATION_SOP_CLASS,
 )
+from ct2pet_node.net.guards import GuardedAssociationServer, OversizedDataSet, pdu_guard
 from ct2pet_node.spool.instances import InstanceSpool
 from ct2pet_node.spool.jobstore import JobStore
 
@@ -58,6 +60,7 @@ log = structlog.get_logger(__name__)
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
+INSTANCE_TOO_LARGE = 0xA701
 SOP_CLASS_MISMATCH = 0xA900
 CANNOT_PARSE = 0xC210
 INVALID_HEADER = 0xC211
@@ -122,6 +125,11 @@ def _read_header(stream: bytes, is_implicit_vr: bool, is_little_endian: bool) ->
         values = {tag: _raw_text(dataset, tag) for tag in _HEADER_TAGS}
     except Exception as error:  # any parse failure of a peer's bytes means "cannot understand"
         raise _Refusal(CANNOT_PARSE, f"data set cannot be parsed: {error}") from error
+    for tag in _HEADER_TAGS:
+        vr = getattr(dataset.get_item(tag), "VR", None) if tag in dataset else None
+        expected = "CS" if tag == _MODALITY else "UI"
+        if vr not in (None, expected, "UN"):  # None: implicit VR; UN: a sender that lost its dictionary
+            raise _Refusal(INVALID_HEADER, f"element {tag} is encoded with VR {vr}, not {expected}")
     try:
         modality = values[_MODALITY]
         if not modality:
@@ -137,26 +145,14 @@ def _read_header(stream: bytes, is_implicit_vr: bool, is_little_endian: bool) ->
         raise _Refusal(INVALID_HEADER, str(error)) from error
 
 
-class _NoDelayAssociationServer(ThreadedAssociationServer):
-    """pynetdicom's server with Nagle's algorithm off on every accepted socket.
-
-    A C-STORE response is one small PDU; with Nagle on it can wait for the
-    peer's delayed ACK, which costs up to ~40 ms per instance on Linux.
-    """
-
-    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        client, address = super().get_request()
-        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return client, address
-
-
 class StorageScp:
     """The node's DICOM listener: C-ECHO and C-STORE of CT, spooled durably.
 
     Parameters
     ----------
     node, security : NodeConfig, SecurityConfig
-        AE title, address, timeouts, and the calling AE allow-list (empty: any).
+        AE title, address, timeouts; the calling AE allow-list (empty: any),
+        TLS (see :mod:`ct2pet_node.net.tls`) and the instance size limit.
     spool, store : InstanceSpool, JobStore
         Where instances are written and recorded.
     on_stored : callable
@@ -190,10 +186,11 @@ class StorageScp:
         self._on_stored = on_stored
         self._clock = clock
         self._address = address or (node.host, node.port)
-        self._server_class: type[ThreadedAssociationServer] = (
-            _NoDelayAssociationServer if tcp_nodelay else ThreadedAssociationServer
-        )
-        self._server: ThreadedAssociationServer | None = None
+        self._tcp_nodelay = tcp_nodelay
+        self._io_timeout = node.network_timeout_seconds
+        self._ssl_context = tls.server_context(security)  # ConfigError now, not at the first client
+        self._max_instance_bytes = security.max_instance_mb * 1024 * 1024
+        self._server: GuardedAssociationServer | None = None
         self._thread: threading.Thread | None = None
         self.ae_title = node.ae_title
         ae = AE(ae_title=node.ae_title)
@@ -224,26 +221,41 @@ class StorageScp:
             (evt.EVT_ACCEPTED, self._handle_accepted),
             (evt.EVT_REJECTED, self._handle_rejected),
             (evt.EVT_ABORTED, self._handle_aborted),
+            (evt.EVT_PDU_RECV, pdu_guard(self._max_instance_bytes)),
         ]
         self._spool.sweep_partial_files()  # a crash mid-write left them; never acknowledged
         try:
-            self._server = self._ae.make_server(
-                self._address, evt_handlers=handlers, server_class=self._server_class
+            server = cast(
+                GuardedAssociationServer,
+                self._ae.make_server(
+                    self._address,
+                    evt_handlers=handlers,
+                    server_class=GuardedAssociationServer,
+                    ssl_context=self._ssl_context,
+                ),
             )
         except OSError as error:
             raise StorageError(
                 f"cannot listen on {self._address[0]}:{self._address[1]}: {error.strerror or error}; "
                 "choose a free [node] port or stop the process using it"
             ) from error
-        self._ae._servers.append(self._server)  # so AE.shutdown() and active_associations see it
+        server.io_timeout_seconds = self._io_timeout
+        server.tcp_nodelay = self._tcp_nodelay
+        self._server = server
+        self._ae._servers.append(server)  # so AE.shutdown() and active_associations see it
         log.info(
-            "scp_listening", ae_title=self.ae_title, host=self._address[0], port=self.port, blocking=blocking
+            "scp_listening",
+            ae_title=self.ae_title,
+            host=self._address[0],
+            port=self.port,
+            tls=self._ssl_context is not None,
+            blocking=blocking,
         )
         if blocking:
-            self._server.serve_forever(poll_interval=_POLL_SECONDS)
+            server.serve_forever(poll_interval=_POLL_SECONDS)
             return
         self._thread = threading.Thread(
-            target=self._server.serve_forever,
+            target=server.serve_forever,
             kwargs={"poll_interval": _POLL_SECONDS},
             name="storage-scp",
             daemon=True,
@@ -277,6 +289,9 @@ class StorageScp:
         ):
             try:
                 return self._store_instance(event)
+            except StorageError as error:  # e.g. the job store's disk is full: the sender retries later
+                log.warning("store_refused_storage_error", reason=str(error))
+                return OUT_OF_RESOURCES
             except Exception:  # top of a pynetdicom thread: answer, never raise
                 log.exception("store_failed")
                 return OUT_OF_RESOURCES
@@ -284,10 +299,19 @@ class StorageScp:
     def _store_instance(self, event: Event) -> int:
         context = event.context
         syntax = UID(context.transfer_syntax)
+        request = cast(C_STORE, event.request)
+        if isinstance(request.DataSet, OversizedDataSet):
+            log.warning(
+                "instance_refused",
+                status=f"0x{INSTANCE_TOO_LARGE:04X}",
+                sop_instance_uid=str(request.AffectedSOPInstanceUID),
+                reason=f"data set of {request.DataSet.received} bytes exceeds [security] max_instance_mb "
+                f"({self._max_instance_bytes // (1024 * 1024)} MiB)",
+            )
+            return INSTANCE_TOO_LARGE
         stream = event.encoded_dataset(include_meta=False)
         try:
             header = _read_header(stream, syntax.is_implicit_VR, syntax.is_little_endian)
-            request = cast(C_STORE, event.request)
             if header.sop_instance_uid != str(request.AffectedSOPInstanceUID):
                 raise _Refusal(
                     SOP_INSTANCE_MISMATCH,
