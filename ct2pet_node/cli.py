@@ -79,8 +79,13 @@ def config_group() -> None:
 @config_option
 def config_check(config_path: Path | None) -> None:
     """Report every problem in the configuration at once, with the key and the fix."""
+    from ct2pet_node.net.tls import server_context
+
     try:
         config = load_config(config_path)
+        # Loading the certificate and key catches a key that does not match its certificate now,
+        # not at the next start of the service.
+        server_context(config.security)
     except ConfigError as error:
         click.echo(f"{len(error.problems)} problem(s) found:", err=True)
         for problem in error.problems:
@@ -93,6 +98,7 @@ def config_check(config_path: Path | None) -> None:
     click.echo(f"  data_dir      {config.node.data_dir}")
     click.echo(f"  weights       {config.engine.weights_dir}")
     click.echo(f"  output        {', '.join(config.output.series)}")
+    click.echo(f"  tls           {'on' if config.security.tls_enabled else 'off'}")
     names = ", ".join(f"{d.name} ({d.ae_title}@{d.host}:{d.port})" for d in config.destinations)
     click.echo(f"  destinations  {names or 'none: results stay in data_dir'}")
 

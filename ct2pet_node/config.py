@@ -87,10 +87,10 @@ class EngineConfig:
 
     @property
     def weights_dir(self) -> Path:
-        """The weights directory: a name under ``weights/`` or a path."""
-        candidate = WEIGHTS_ROOT / self.weights
-        if "/" not in self.weights and candidate.is_dir():
-            return candidate
+        """The weights directory: a bare name under ``weights/``, or a path (with a ``/``)."""
+        # A bare name is one of the models shipped in weights/; anything with a slash is a path.
+        if "/" not in self.weights:
+            return WEIGHTS_ROOT / self.weights
         return Path(self.weights).expanduser()
 
 
