@@ -109,10 +109,13 @@ class ResNetEncoder(nn.Module):
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        stages = []
+        stages: list[nn.Sequential | None] = []
         inplanes = 64
         for index, (planes, count) in enumerate(zip((64, 128, 256, 512), layers, strict=True)):
-            stages.append(_make_stage(block_cls, inplanes, planes, count, stride=1 if index == 0 else 2))
+            # A stage with no blocks is one past the depth that a checkpoint chose not to carry
+            # (our own trained models); the release carries them, so they are built when present.
+            stride = 1 if index == 0 else 2
+            stages.append(_make_stage(block_cls, inplanes, planes, count, stride) if count > 0 else None)
             inplanes = planes * block_cls.expansion
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         expansion = block_cls.expansion
@@ -247,9 +250,11 @@ def _architecture_from_shapes(shapes: Mapping[str, Sequence[int]]) -> Segmentati
         raise WeightsError(
             f"segmentation checkpoint has decoder blocks {[i for i, _ in decoder]}; expected 0..d-1, d<=5"
         )
-    if 0 in counts:
+    used = len(decoder) - 1  # stages layer1..layer{depth-1} run; deeper ones may be absent
+    if 0 in counts[:used] or any(counts[i] == 0 and any(counts[i:]) for i in range(used, 4)):
         raise WeightsError(
-            f"segmentation checkpoint encoder stages have block counts {counts}; all must be > 0"
+            f"segmentation checkpoint encoder stages have block counts {counts}; the first {used} must be "
+            "> 0 and an absent stage may only be followed by absent ones"
         )
     head = s["segmentation_head.0.weight"]
     return SegmentationArchitecture(

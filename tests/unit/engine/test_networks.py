@@ -301,3 +301,28 @@ def test_autocast_runs_and_stays_near_the_reference(unet: UNet, vqgan: VQGAN, ve
     assert torch.equal(indices, vectors["vqgan_code_indices_pet"].long())
     torch.testing.assert_close(out.float(), vectors["unet_out"], atol=2e-2, rtol=0)
     torch.testing.assert_close(decoded.float(), vectors["vqgan_decode_pet"], atol=0.2, rtol=0)
+
+
+def test_segmentation_without_its_unused_encoder_stages_round_trips() -> None:
+    from ct2pet_node.engine.networks.segmentation import SegmentationArchitecture
+
+    arch = SegmentationArchitecture(
+        in_channels=1,
+        classes=1,
+        block="basic",
+        layers=(2, 2, 0, 0),
+        decoder_channels=(32, 16, 8),
+        head_kernel=3,
+    )
+    torch.manual_seed(0)
+    net = SegmentationUNet(arch).eval()
+    state = net.state_dict()
+    assert not any(key.startswith(("encoder.layer3", "encoder.layer4")) for key in state)
+    rebuilt = SegmentationUNet.from_state_dict_shapes({k: tuple(v.shape) for k, v in state.items()}, None)
+    rebuilt.load_state_dict(state, strict=True)
+    image = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(net(image), rebuilt.eval()(image))
+    holes = {k: tuple(v.shape) for k, v in state.items() if not k.startswith("encoder.layer2")}
+    with pytest.raises(WeightsError, match="block counts"):
+        SegmentationUNet.from_state_dict_shapes(holes, None)
