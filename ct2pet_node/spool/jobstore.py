@@ -23,12 +23,10 @@ both proceed.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +36,8 @@ from ct2pet_node.domain.jobs import Job, JobState
 from ct2pet_node.domain.records import InstanceRecord
 from ct2pet_node.domain.uids import AeTitle, SeriesUid, SopInstanceUid, StudyUid, Uid
 from ct2pet_node.errors import InputError, StorageError
-from ct2pet_node.spool.atomic import PRIVATE_FILE_MODE, ensure_private_dir
+from ct2pet_node.spool.atomic import ensure_private_dir
+from ct2pet_node.spool.database import Database
 
 log = structlog.get_logger(__name__)
 
@@ -94,20 +93,12 @@ class JobStore:
         self.path = path
         self.data_dir = data_dir
         self._clock = clock
-        self._lock = threading.RLock()
-        if not path.exists():
-            # Create it 0600 ourselves: SQLite gives its -wal and -shm files the database's mode.
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE))
+        self._database = Database(path, "job store")
         try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.row_factory = sqlite3.Row
-            self._db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = FULL")
-            self._db.execute("PRAGMA foreign_keys = ON")
             self._migrate()
-        except sqlite3.Error as error:
-            raise StorageError(f"cannot open job store {path}: {error}; check data_dir") from error
+        except BaseException:
+            self._database.close()
+            raise
 
     @classmethod
     def open(cls, data_dir: Path, clock: Callable[[], float] = time.time) -> JobStore:
@@ -116,8 +107,7 @@ class JobStore:
         return cls(directory / DB_FILE_NAME, directory, clock)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._database.close()
 
     def __enter__(self) -> JobStore:
         return self
@@ -126,7 +116,7 @@ class JobStore:
         self.close()
 
     def _migrate(self) -> None:
-        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        version = int(self._database.query("PRAGMA user_version")[0][0])
         if version > SCHEMA_VERSION:
             raise StorageError(
                 f"job store {self.path} has schema version {version}, newer than this release's "
@@ -141,28 +131,11 @@ class JobStore:
                 db.execute(f"PRAGMA user_version = {version}")
             log.info("job_store_migrated", path=str(self.path), schema_version=version)
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._db
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
-            except sqlite3.Error as error:
-                raise StorageError(
-                    f"job store {self.path}: {error}; check data_dir and free space"
-                ) from error
+    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self._database.transaction()
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            try:
-                return self._db.execute(sql, params).fetchall()
-            except sqlite3.Error as error:
-                raise StorageError(f"job store {self.path}: {error}") from error
+        return self._database.query(sql, params)
 
     # Instances ---------------------------------------------------------------------------------
 

@@ -17,11 +17,9 @@ deterministic (the PACS replaces or reports a duplicate).
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ import structlog
 
 from ct2pet_node.errors import StorageError
 from ct2pet_node.routing.delivery import AttemptDecision, EntryState, InstanceResult
+from ct2pet_node.spool.database import Database
 
 log = structlog.get_logger(__name__)
 
@@ -119,21 +118,19 @@ class Outbox:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._lock = threading.Lock()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            # Create it 0600 before SQLite does: it names job files and PACS addresses.
-            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-            os.chmod(path, 0o600)
-            self._db = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(_SCHEMA)
-        except (OSError, sqlite3.Error) as error:
+        except OSError as error:
             raise StorageError(
-                f"outbox {path} cannot be opened ({error}); check that the data directory is writable"
+                f"outbox {path} cannot be created ({error}); check that the data directory is writable"
             ) from error
+        # It names job files and PACS addresses: private like the job store.
+        self._database = Database(path, "outbox")
+        try:
+            self._database.execute_script(_SCHEMA)
+        except BaseException:
+            self._database.close()
+            raise
 
     @classmethod
     def open(cls, data_dir: Path) -> Outbox:
@@ -141,31 +138,13 @@ class Outbox:
         return cls(data_dir / OUTBOX_FILE_NAME)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._database.close()
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._db
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
-            except sqlite3.Error as error:
-                raise StorageError(
-                    f"outbox {self.path}: {error}; check the disk and the file's owner"
-                ) from error
+    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self._database.transaction()
 
     def _query(self, sql: str, args: Sequence[object] = ()) -> list[Any]:
-        with self._lock:
-            try:
-                return self._db.execute(sql, args).fetchall()
-            except sqlite3.Error as error:
-                raise StorageError(f"outbox {self.path}: {error}") from error
+        return self._database.query(sql, args)
 
     # -- writing -------------------------------------------------------------
 

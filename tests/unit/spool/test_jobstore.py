@@ -185,7 +185,7 @@ def test_survives_reopen_private_files_and_schema_version(tmp_path: Path) -> Non
 
 def test_refuses_a_newer_schema(tmp_path: Path) -> None:
     with JobStore.open(tmp_path) as store:
-        store._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        store._query(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with pytest.raises(StorageError, match="newer than this release"):
         JobStore.open(tmp_path)
 
