@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from ct2pet_node.engine.options import EngineOptions
     from ct2pet_node.engine.pipeline import Pipeline
 
 __all__ = ["Pipeline", "load_pipeline"]
@@ -20,11 +21,13 @@ def load_pipeline(
     device: str = "auto",
     precision: str | None = None,
     batch_size: int | None = None,
+    *,
+    options: EngineOptions | None = None,
 ) -> Pipeline:
     """Verify and load a weights directory; see :func:`ct2pet_node.engine.pipeline.load_pipeline`."""
     from ct2pet_node.engine.pipeline import load_pipeline as _load
 
-    return _load(weights_dir, device=device, precision=precision, batch_size=batch_size)
+    return _load(weights_dir, device=device, precision=precision, batch_size=batch_size, options=options)
 
 
 def __getattr__(name: str) -> object:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +26,22 @@ from torch import nn
 
 from ct2pet_node.engine.attenuation import AttenuationKvp, attenuation_map
 from ct2pet_node.engine.bridge import BridgeSchedule
+from ct2pet_node.engine.fast_paths import CompiledOrEager, GraphedCall, cuda_free_bytes, cuda_math
+from ct2pet_node.engine.options import (
+    CPU_BATCH,
+    EngineOptions,
+    choose_batch_sizes,
+    estimate_footprint,
+    resolve_options,
+)
+from ct2pet_node.engine.translation import Translation
 from ct2pet_node.engine.weights import WeightsManifest, load_manifest, load_state_dicts
 from ct2pet_node.errors import Ct2PetError, EngineError, WeightsError
 
 log = structlog.get_logger(__name__)
 
 Progress = Callable[[int, int], None]
-_PRECISIONS = {None: None, "float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_AUTOCAST = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def build_networks(
@@ -94,25 +104,6 @@ def resolve_device(device: str) -> torch.device:
     return chosen
 
 
-def default_batch_size(device: torch.device, image_size: int, precision: str | None) -> int:
-    """Slices per batch: 4 on CPU; on CUDA what a rough per-slice footprint lets free memory hold."""
-    if device.type != "cuda":
-        return 4
-    free, _total = torch.cuda.mem_get_info(device)
-    # ~0.5 GiB per 256x256 slice in float32 for the release UNet; half that in 16-bit.
-    per_slice = (512 << 20) * (image_size / 256) ** 2 * (0.5 if precision in ("bfloat16", "float16") else 1.0)
-    return int(max(1, min(64, 0.7 * free // per_slice)))
-
-
-def slice_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]:
-    """One CPU generator per slice, seeded from (seed, slice index) so batching cannot change the noise."""
-    generators = []
-    for index in indices:
-        state = np.random.SeedSequence([int(seed) & (2**63 - 1), int(index)]).generate_state(1, np.uint64)[0]
-        generators.append(torch.Generator("cpu").manual_seed(int(state) & (2**63 - 1)))
-    return generators
-
-
 class Pipeline:
     """A loaded CPDM model on one device; call it with CT slices in HU.
 
@@ -124,8 +115,16 @@ class Pipeline:
     schedule : BridgeSchedule
     image_size : int
         Square slice size the model works at, pixels.
-    batch_size : int
-        Slices run together; change it freely, results do not depend on it.
+    options : ResolvedOptions
+        The fast paths taken (see :mod:`ct2pet_node.engine.options`).
+    batch_size, decode_batch_size : int
+        Slices sampled, and slices encoded or decoded, together; change them
+        freely, results do not depend on them (beyond float32 rounding).
+
+    Notes
+    -----
+    The pipeline owns its networks: they are moved to the device, and
+    converted to channels_last when that path is on, in place.
     """
 
     def __init__(
@@ -135,37 +134,116 @@ class Pipeline:
         device: torch.device,
         precision: str | None = None,
         batch_size: int | None = None,
+        options: EngineOptions | None = None,
     ) -> None:
-        if precision not in _PRECISIONS:
-            raise EngineError(f"precision {precision!r} is not one of float32, bfloat16, float16")
-        if _PRECISIONS[precision] is not None and device.type != "cuda":
-            raise EngineError(f"precision {precision} is only offered on CUDA; use float32 on {device}")
+        options = options or EngineOptions()
+        if precision is not None or batch_size is not None:
+            options = replace(
+                options, precision=precision or options.precision, batch_size=batch_size or options.batch_size
+            )
+        self.options = resolve_options(options, device.type)
         self.manifest = manifest
         self.model_id = manifest.model_id
         self.output_units = manifest.output_units
         self.device = device
-        self.precision = precision
+        # None for the exact float32 path, as before the fast paths existed.
+        self.precision = None if self.options.precision == "float32" else self.options.precision
         self.schedule = BridgeSchedule.from_config(manifest.architecture["bridge"])
         self.image_size = int(manifest.architecture["image_size"])
         # Sampling steps when the caller names none: the model's own sample_step.
         self.default_steps = int(self.schedule.sample_step)
         self.kvp_policy = AttenuationKvp.from_dict(manifest.normalisation.get("attenuation_kvp", {}))
+        if self.options.threads is not None:
+            torch.set_num_threads(self.options.threads)
         # Any: the networks' own methods (encode, decode, quantize) are not on nn.Module.
         self.nets: dict[str, Any] = {name: net.to(device) for name, net in networks.items()}
-        self.batch_size = batch_size or default_batch_size(device, self.image_size, precision)
+        if self.options.channels_last:
+            for name in ("unet", "vqgan", "segmentation"):
+                self.nets[name].to(memory_format=torch.channels_last)
+        self._unet_fn, self._encode_fn, self._decode_fn = self._network_calls()
+        self.batch_size, self.decode_batch_size = self._batch_sizes()
+
+    # --- fast-path plumbing ---------------------------------------------------------------------
+    def _network_calls(self) -> tuple[Callable[..., torch.Tensor], ...]:
+        """The UNet, encode and decode callables, compiled and/or graphed as the options say."""
+
+        def unet(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            with self._autocast():
+                out: torch.Tensor = self.nets["unet"](x_in, t).float()
+            return out
+
+        def encode(image: torch.Tensor) -> torch.Tensor:
+            with self._autocast():
+                out: torch.Tensor = self.nets["vqgan"].encode(image).float()
+            return out
+
+        def decode(z: torch.Tensor) -> torch.Tensor:
+            with self._autocast():
+                out: torch.Tensor = self.nets["vqgan"].decode(z).float()
+            return out
+
+        unet_fn: Callable[..., torch.Tensor] = unet
+        if self.options.compile:
+            # With graphs too, compile's own CUDA-graph mode replaces the hand capture.
+            mode = "reduce-overhead" if self.options.cuda_graphs else None
+            unet_fn = CompiledOrEager("unet", unet, mode)
+            return unet_fn, CompiledOrEager("vqgan_encode", encode), CompiledOrEager("vqgan_decode", decode)
+        if self.options.cuda_graphs:
+            unet_fn = GraphedCall(unet)
+        return unet_fn, encode, decode
+
+    def _batch_sizes(self) -> tuple[int, int]:
+        chosen = self.options.batch_size, self.options.decode_batch_size
+        if chosen[0] is not None and chosen[1] is not None:
+            return chosen[0], chosen[1]
+        if self.device.type == "cuda":
+            arch = self.manifest.architecture
+            width = 2 if self.options.precision in ("bfloat16", "float16") else 4
+            footprint = estimate_footprint(
+                self.image_size,
+                int(arch["unet"]["model_channels"]) * max(arch["unet"].get("channel_mult", (1,))),
+                int(arch["vqgan"]["ddconfig"]["ch"]),
+                width,
+            )
+            auto = choose_batch_sizes(cuda_free_bytes(self.device), footprint)
+        else:
+            auto = (CPU_BATCH, CPU_BATCH)
+        sample = chosen[0] or auto[0]
+        return sample, chosen[1] or min(auto[1], sample)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        dtype = _PRECISIONS[self.precision]
+        dtype = _AUTOCAST.get(self.options.precision)
         if dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(device_type="cuda", dtype=dtype)
+        # A graph replays kernels, not casts: the autocast cache would hold freed copies.
+        return torch.autocast(
+            device_type=self.device.type, dtype=dtype, cache_enabled=not self.options.cuda_graphs
+        )
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.options.channels_last else x
+
+    def _in_chunks(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """``fn`` over ``x`` in decode-sized chunks (padded to one shape when shapes are fixed)."""
+        # Never wider than a sampling batch: it decodes what one sampling batch produced.
+        size = max(1, min(int(self.decode_batch_size), int(self.batch_size)))
+        if x.shape[0] <= size and not (self.options.fixed_shapes and x.shape[0] < size):
+            return fn(self._layout(x))
+        parts = []
+        for start in range(0, x.shape[0], size):
+            part = x[start : start + size]
+            count = part.shape[0]
+            if self.options.fixed_shapes and count < size:
+                part = torch.cat([part, part[-1:].expand(size - count, *part.shape[1:])])
+            parts.append(fn(self._layout(part))[:count])
+        return torch.cat(parts)
 
     # --- stages, tensors (B, C, H, W) on self.device -------------------------------------------
     def segmentation_logits(self, ct01: torch.Tensor) -> torch.Tensor:
         """Stage 2a: segmentation U-Net logits (B, 1, H, W) from CT in [0, 1], no ImageNet normalisation."""
         with self._autocast():
-            out: torch.Tensor = self.nets["segmentation"](ct01).float()
-        return out
+            out: torch.Tensor = self.nets["segmentation"](self._layout(ct01)).float()
+        return out.contiguous()
 
     def attention_map(self, ct01: torch.Tensor) -> torch.Tensor:
         """Stage 2: 1.0 where sigmoid(logits) >= 0.5 else 0.0, (B, 1, H, W)."""
@@ -183,22 +261,16 @@ class Pipeline:
         )
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
-        """Stage 5: VQGAN latent quant_conv(encoder(x)), unquantised, float32."""
-        with self._autocast():
-            out: torch.Tensor = self.nets["vqgan"].encode(image).float()
-        return out
+        """Stage 5: VQGAN latent quant_conv(encoder(x)), unquantised, float32, in decode-sized chunks."""
+        return self._in_chunks(self._encode_fn, image).contiguous()
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latent -> image in about [-1, 1] (nearest-codebook quantisation first), float32, unclamped."""
-        with self._autocast():
-            out: torch.Tensor = self.nets["vqgan"].decode(z).float()
-        return out
+        return self._in_chunks(self._decode_fn, z).contiguous()
 
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """The UNet's prediction at x_t (B, C, h, w), timesteps t (B,), with the context concatenated."""
-        with self._autocast():
-            out: torch.Tensor = self.nets["unet"](torch.cat([x_t, context], dim=1), t).float()
-        return out
+        return self._unet_fn(self._layout(torch.cat([x_t, context], dim=1)), t).contiguous()
 
     def sample_latent(
         self,
@@ -252,11 +324,6 @@ class Pipeline:
         return torch.stack(per_slice).to(like.device)
 
     # --- numpy in, numpy out --------------------------------------------------------------------
-    def _batches(self, count: int) -> Iterator[range]:
-        size = max(1, int(self.batch_size))
-        for start in range(0, count, size):
-            yield range(start, min(count, start + size))
-
     def _resize(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         if tuple(images.shape[-2:]) == size:
             return images
@@ -271,9 +338,15 @@ class Pipeline:
         eta: float | None,
         generators: Sequence[torch.Generator] | None,
         progress: Callable[[int], None] | None = None,
+        attenuation: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """One batch at model size: CT in [0, 1] (B, 1, S, S) -> PET in [-1, 1] (B, 1, S, S), unclamped."""
-        context = self.context(self.attention_map(ct01), self.attenuation_map(ct01, kvp))
+        """One batch at model size: CT in [0, 1] (B, 1, S, S) -> PET in [-1, 1] (B, 1, S, S), unclamped.
+
+        ``attenuation`` (B, 1, S, S), when given, is the stage-3 map already made from ``ct01``.
+        """
+        if attenuation is None:
+            attenuation = self.attenuation_map(ct01, kvp)
+        context = self.context(self.attention_map(ct01), attenuation)
         latent = self.sample_latent(self.encode(ct01), context, steps, eta, generators, progress)
         return self.decode(latent)
 
@@ -318,43 +391,22 @@ class Pipeline:
             raise EngineError(
                 f"CT array of shape {hu.shape} is not (N, H, W) slices; pass a (z, y, x) volume"
             )
-        count, height, width = hu.shape
-        kvp_used = self.kvp_policy.resolve(kvp)
-        seed = secrets.randbits(63) if seed is None else int(seed)
-        total = count * len(self.schedule.timesteps(steps))
-        done = [0]
-        ct01_all = self.manifest.ct_scaling.to_ct01(hu)
-        out = np.empty((count, height, width), dtype=np.float32)
-        log.info("translation_started", slices=count, kvp=kvp_used, steps=steps, device=str(self.device))
-        with torch.inference_mode():
-            for batch in self._batches(count):
-                if progress is not None:
-
-                    def advance(_: int, n: int = len(batch)) -> None:
-                        done[0] += n
-                        progress(done[0], total)
-
-                ct01 = torch.from_numpy(ct01_all[batch.start : batch.stop, None]).to(self.device)
-                ct01 = self._resize(ct01, (self.image_size, self.image_size))
-                pet = self.translate_ct01(
-                    ct01,
-                    kvp_used,
-                    steps,
-                    eta,
-                    slice_generators(
-                        seed, range(batch.start + first_slice_index, batch.stop + first_slice_index)
-                    ),
-                    advance if progress is not None else None,
-                )
-                pet = self._resize(pet, (height, width))
-                values = pet[:, 0].float().cpu().numpy()
-                if not np.isfinite(values).all():
-                    raise EngineError(
-                        f"the model produced non-finite values for slices {batch.start}..{batch.stop - 1}; "
-                        "try precision float32 or check the weights"
-                    )
-                out[batch.start : batch.stop] = self.manifest.pet_scaling.to_output(values)
-        return out
+        run = Translation(
+            pipe=self,
+            ct01=self.manifest.ct_scaling.to_ct01(hu),
+            kvp=self.kvp_policy.resolve(kvp),
+            steps=steps,
+            eta=eta,
+            seed=secrets.randbits(63) if seed is None else int(seed),
+            first_slice_index=first_slice_index,
+            progress=progress,
+        )
+        log.info("translation_started", slices=hu.shape[0], kvp=run.kvp, steps=steps, device=str(self.device))
+        with (
+            torch.inference_mode(),
+            cuda_math(self.device, self.options.precision, benchmark=not self.options.exact),
+        ):
+            return run.execute()
 
 
 def load_pipeline(
@@ -362,8 +414,14 @@ def load_pipeline(
     device: str = "auto",
     precision: str | None = None,
     batch_size: int | None = None,
+    *,
+    options: EngineOptions | None = None,
 ) -> Pipeline:
     """Verify and load a weights directory onto a device.
+
+    ``precision`` and ``batch_size``, when given, override those of ``options``
+    (the fast paths; default :class:`EngineOptions`: the exact path plus what
+    is exact on the device).
 
     Raises
     ------
@@ -377,12 +435,13 @@ def load_pipeline(
     manifest = load_manifest(weights_dir)
     states = load_state_dicts(weights_dir, verify=True)
     networks = build_networks(manifest.architecture, states, origin=f"weights in {weights_dir}")
-    pipeline = Pipeline(manifest, networks, torch_device, precision, batch_size)
+    pipeline = Pipeline(manifest, networks, torch_device, precision, batch_size, options)
     log.info(
         "pipeline_loaded",
         model_id=manifest.model_id,
         device=str(torch_device),
-        precision=precision or "float32",
+        options=pipeline.options,
         batch_size=pipeline.batch_size,
+        decode_batch_size=pipeline.decode_batch_size,
     )
     return pipeline

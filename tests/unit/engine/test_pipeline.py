@@ -180,7 +180,7 @@ def test_bad_inputs_devices_and_precisions(pipe: Pipeline, weights_dir: Path) ->
     with pytest.raises(EngineError, match=r"\(64, 64\)"):
         pipe(np.zeros((64, 64), dtype=np.float32))
     with pytest.raises(EngineError, match="only offered on CUDA"):
-        Pipeline(pipe.manifest, pipe.nets, torch.device("cpu"), precision="bfloat16")
+        Pipeline(pipe.manifest, pipe.nets, torch.device("cpu"), precision="float16")
     with pytest.raises(EngineError, match=r"not supported|not a device"):
         load_pipeline(weights_dir, device="tpu")
     if not torch.cuda.is_available():

@@ -1,0 +1,170 @@
+"""One call of the pipeline written out: batches, padding, overlap, out-of-memory back-off.
+
+Split from :mod:`ct2pet_node.engine.pipeline`, which owns the stages; this
+module owns the order in which batches go through them. Arrays are numpy
+(N, H, W) float32 at the edges, tensors (B, C, H, W) inside.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import structlog
+import torch
+
+from ct2pet_node.errors import EngineError
+
+if TYPE_CHECKING:
+    from ct2pet_node.engine.pipeline import Pipeline, Progress
+
+log = structlog.get_logger(__name__)
+
+
+def slice_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per slice, seeded from (seed, slice index) so batching cannot change the noise."""
+    generators = []
+    for index in indices:
+        state = np.random.SeedSequence([int(seed) & (2**63 - 1), int(index)]).generate_state(1, np.uint64)[0]
+        generators.append(torch.Generator("cpu").manual_seed(int(state) & (2**63 - 1)))
+    return generators
+
+
+@dataclass(slots=True)
+class Translation:
+    """One call of a :class:`Pipeline`: batching, padding, overlap and out-of-memory back-off.
+
+    Without ``overlap`` each batch is uploaded, translated and finished in
+    turn (the exact path). With it, a helper thread prepares the next batch
+    (resize and attenuation map on the CPU, upload) and finishes the previous
+    one (copy back, resize, output units) while the device samples.
+    """
+
+    pipe: Pipeline
+    ct01: np.ndarray
+    kvp: float
+    steps: int | None
+    eta: float | None
+    seed: int
+    first_slice_index: int
+    progress: Progress | None
+    out: np.ndarray = field(init=False)
+    total: int = field(init=False, default=0)
+    done: int = field(init=False, default=0)
+
+    def execute(self) -> np.ndarray:
+        """(N, H, W) float32 PET in output units."""
+        pipe, count = self.pipe, self.ct01.shape[0]
+        self.out = np.empty(self.ct01.shape, dtype=np.float32)
+        self.total = count * len(pipe.schedule.timesteps(self.steps))
+        overlap = pipe.options.overlap
+        pool = ThreadPoolExecutor(1, thread_name_prefix="engine-overlap") if overlap else None
+        finishing: list[Future[None]] = []
+        prefetched: tuple[range, Future[tuple[torch.Tensor, torch.Tensor]]] | None = None
+        try:
+            start = 0
+            while start < count:
+                batch = range(start, min(count, start + max(1, int(pipe.batch_size))))
+                prepared = None
+                if prefetched is not None and prefetched[0] == batch:
+                    prepared = prefetched[1].result()
+                elif pool is not None:
+                    prepared = self._prepare(batch)
+                prefetched = None
+                following = range(batch.stop, min(count, batch.stop + len(batch)))
+                if pool is not None and len(following):
+                    prefetched = (following, pool.submit(self._prepare, following))
+                done_before = self.done
+                try:
+                    pet = self._translate(batch, prepared)
+                except torch.OutOfMemoryError as exc:
+                    self.done = done_before
+                    self._back_off(exc)
+                    continue
+                if pool is not None:
+                    finishing.append(pool.submit(self._finish, batch, *self._to_host(pet)))
+                else:
+                    self._finish(batch, pet)
+                start = batch.stop
+            for future in finishing:
+                future.result()
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        return self.out
+
+    def _prepare(self, batch: range) -> tuple[torch.Tensor, torch.Tensor]:
+        """Helper thread: CT at model size and its attenuation map, both on the device."""
+        pipe = self.pipe
+        with torch.inference_mode():
+            ct01 = torch.from_numpy(self.ct01[batch.start : batch.stop, None])
+            ct01 = pipe._resize(ct01, (pipe.image_size, pipe.image_size))
+            attenuation = pipe.attenuation_map(ct01, self.kvp)
+            if pipe.device.type == "cuda":
+                ct01 = ct01.pin_memory().to(pipe.device, non_blocking=True)
+            return ct01, attenuation
+
+    def _translate(self, batch: range, prepared: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        pipe, real = self.pipe, len(batch)
+        if prepared is None:
+            ct01 = torch.from_numpy(self.ct01[batch.start : batch.stop, None]).to(pipe.device)
+            ct01, attenuation = pipe._resize(ct01, (pipe.image_size, pipe.image_size)), None
+        else:
+            ct01, attenuation = prepared
+        first = batch.start + self.first_slice_index
+        generators = slice_generators(self.seed, range(first, first + real))
+        pad = pipe.batch_size - real if pipe.options.fixed_shapes else 0
+        if pad > 0:
+            # Compiled code and CUDA graphs are specialised to one batch shape: repeat the
+            # last slice to fill it. Slices are independent, so the real ones are unchanged.
+            ct01 = torch.cat([ct01, ct01[-1:].expand(pad, *ct01.shape[1:])])
+            if attenuation is not None:
+                attenuation = torch.cat([attenuation, attenuation[-1:].expand(pad, *attenuation.shape[1:])])
+            generators += slice_generators(self.seed, range(first + real, first + real + pad))
+
+        def advance(_: int) -> None:
+            self.done += real
+            if self.progress is not None:
+                self.progress(self.done, self.total)
+
+        pet = pipe.translate_ct01(ct01, self.kvp, self.steps, self.eta, generators, advance, attenuation)
+        return pet[:real]
+
+    def _to_host(self, pet: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """Main thread: start the copy back; on CUDA into pinned memory, with an event to wait on."""
+        if self.pipe.device.type != "cuda":
+            return pet, None
+        host = torch.empty(pet.shape, dtype=pet.dtype, pin_memory=True)
+        host.copy_(pet, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return host, event
+
+    def _finish(self, batch: range, pet: torch.Tensor, event: Any = None) -> None:
+        """Back to the CT's grid and output units; refuses non-finite values."""
+        with torch.inference_mode():
+            if event is not None:
+                event.synchronize()
+            pet = self.pipe._resize(pet, self.ct01.shape[1:])
+            values = pet[:, 0].float().cpu().numpy()
+        if not np.isfinite(values).all():
+            raise EngineError(
+                f"the model produced non-finite values for slices {batch.start}..{batch.stop - 1}; "
+                "try precision float32 or check the weights"
+            )
+        self.out[batch.start : batch.stop] = self.pipe.manifest.pet_scaling.to_output(values)
+
+    def _back_off(self, exc: torch.OutOfMemoryError) -> None:
+        pipe = self.pipe
+        if pipe.batch_size <= 1:
+            raise EngineError(
+                f"out of {pipe.device} memory with one slice per batch; free the device or run on the CPU"
+            ) from exc
+        pipe.batch_size = max(1, pipe.batch_size // 2)
+        pipe.decode_batch_size = min(pipe.decode_batch_size, pipe.batch_size)
+        if pipe.device.type == "cuda":
+            torch.cuda.empty_cache()
+        log.warning("batch_out_of_memory", device=str(pipe.device), batch_size=pipe.batch_size)
