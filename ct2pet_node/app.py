@@ -28,7 +28,7 @@ from ct2pet_node.config import Config, Destination
 from ct2pet_node.domain.jobs import JobState
 from ct2pet_node.domain.records import InstanceRecord
 from ct2pet_node.errors import WeightsError
-from ct2pet_node.routing.delivery import DeliveryOutcome, EntryState, InstanceResult
+from ct2pet_node.routing.delivery import DeliveryOutcome, EntryState, InstanceResult, RetrySchedule
 from ct2pet_node.service.admin import AdminServer
 from ct2pet_node.service.metrics import Registry
 from ct2pet_node.service.queue import InProcessQueue
@@ -40,6 +40,7 @@ from ct2pet_node.spool.jobstore import JobStore
 from ct2pet_node.spool.outbox import Outbox
 
 if TYPE_CHECKING:  # the sender pulls in pynetdicom; `convert` uses this module without it
+    from ct2pet_node.net.scu import ScuTimeouts
     from ct2pet_node.service.sender import SendFunction
 
 log = structlog.get_logger(__name__)
@@ -139,7 +140,6 @@ class Node:
 def build_node(config: Config, translator: Translator | None = None) -> Node:
     """Open the stores and build every component, without starting any thread."""
     from ct2pet_node.net.scp import StorageScp
-    from ct2pet_node.net.scu import ScuTimeouts
     from ct2pet_node.service.sender import Sender, scu_sender
     from ct2pet_node.spool.instances import InstanceSpool
 
@@ -159,7 +159,8 @@ def build_node(config: Config, translator: Translator | None = None) -> Node:
         outbox,
         config.destinations,
         config.node.ae_title,
-        send=counting_sender(scu_sender(ScuTimeouts.uniform(config.node.network_timeout_seconds)), metrics),
+        send=counting_sender(scu_sender(scu_timeouts(config)), metrics),
+        schedule=RetrySchedule(config.delivery.retry_delays_seconds, config.delivery.max_attempts),
         on_job_delivered=lambda job_id: _settle(store, job_id, JobState.DONE, None),
         on_job_dead=lambda job_id, reason: _settle(store, job_id, JobState.FAILED, reason),
     )
@@ -202,6 +203,20 @@ def build_node(config: Config, translator: Translator | None = None) -> Node:
         raise
     logging.getLogger().addHandler(errors)
     return node
+
+
+def scu_timeouts(config: Config) -> ScuTimeouts:
+    """The sender's timeouts: ``[delivery]`` where set, else ``[node] network_timeout_seconds``."""
+    from ct2pet_node.net.scu import ScuTimeouts
+
+    network = config.node.network_timeout_seconds
+    delivery = config.delivery
+    return ScuTimeouts(
+        connect_seconds=delivery.connect_timeout_seconds or network,
+        acse_seconds=delivery.acse_timeout_seconds or network,
+        dimse_seconds=delivery.dimse_timeout_seconds or network,
+        network_seconds=max(network, delivery.dimse_timeout_seconds or 0.0),
+    )
 
 
 def _settle(store: JobStore, job_id: int, state: JobState, reason: str | None) -> None:

@@ -12,7 +12,7 @@ import ipaddress
 import os
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +108,33 @@ class Destination:
     port: int
 
 
+# routing.delivery.DEFAULT_SCHEDULE: about 24 hours of trying before a dead letter.
+DEFAULT_RETRY_DELAYS_SECONDS: tuple[float, ...] = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+DEFAULT_MAX_ATTEMPTS = 31
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryConfig:
+    """How the sender retries and how long it waits for a destination.
+
+    Attributes
+    ----------
+    retry_delays_seconds : tuple of float
+        Delay after the 1st, 2nd, ... failed attempt, seconds; the last repeats.
+    max_attempts : int
+        Attempts before a delivery is dead-lettered (``jobs retry`` replays it).
+    connect_timeout_seconds, acse_timeout_seconds, dimse_timeout_seconds : float or None
+        Seconds to wait for the TCP connection, the association answer and a
+        C-STORE response; None takes ``[node] network_timeout_seconds``.
+    """
+
+    retry_delays_seconds: tuple[float, ...] = DEFAULT_RETRY_DELAYS_SECONDS
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    connect_timeout_seconds: float | None = None
+    acse_timeout_seconds: float | None = None
+    dimse_timeout_seconds: float | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class AdminConfig:
     listen_host: str
@@ -125,6 +152,7 @@ class Config:
     destinations: tuple[Destination, ...]
     admin: AdminConfig
     source: Path | None
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
 
     def destination(self, name: str) -> Destination:
         for destination in self.destinations:
@@ -369,6 +397,38 @@ def _parse_destinations(check: _Checker) -> tuple[Destination, ...]:
     return tuple(destinations)
 
 
+def _parse_delivery(check: _Checker) -> DeliveryConfig:
+    table = check.table("delivery")
+    check.unknown_keys("[delivery]", table, set(DeliveryConfig.__slots__))
+    number = (int, float)
+    delays = check.get(
+        "[delivery]", table, "retry_delays_seconds", list, bool, "a non-empty list of seconds, e.g. [10, 60]"
+    )
+    clean: list[float] = []
+    for delay in delays or []:
+        if isinstance(delay, number) and not isinstance(delay, bool) and delay >= 0:
+            clean.append(float(delay))
+        else:
+            check.problems.append(
+                f"[delivery] retry_delays_seconds: {delay!r} is not a number of seconds >= 0"
+            )
+    attempts = check.get("[delivery]", table, "max_attempts", int, lambda v: v >= 1, "a count, 1 or more")
+    timeouts: dict[str, float | None] = {}
+    for key in ("connect_timeout_seconds", "acse_timeout_seconds", "dimse_timeout_seconds"):
+        # Optional: absent means [node] network_timeout_seconds, as before this table existed.
+        value = (
+            check.get("[delivery]", table, key, number, lambda v: v > 0, "seconds, above 0")
+            if key in table
+            else None
+        )
+        timeouts[key] = None if value is None else float(value)
+    return DeliveryConfig(
+        retry_delays_seconds=tuple(clean) or DEFAULT_RETRY_DELAYS_SECONDS,
+        max_attempts=attempts or DEFAULT_MAX_ATTEMPTS,
+        **timeouts,
+    )
+
+
 def _parse_admin(check: _Checker) -> AdminConfig:
     table = check.table("admin")
     check.unknown_keys("[admin]", table, {"listen", "token"})
@@ -388,7 +448,7 @@ def _parse_admin(check: _Checker) -> AdminConfig:
 def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
     """Check a merged raw configuration and return it typed, or raise one ConfigError listing all problems."""
     check = _Checker(raw)
-    known = {"node", "security", "routing", "engine", "output", "destinations", "admin"}
+    known = {"node", "security", "routing", "engine", "output", "destinations", "delivery", "admin"}
     for key in sorted(set(raw) - known):
         check.problems.append(f"{key}: unknown table; known tables are {', '.join(sorted(known))}")
     config = Config(
@@ -400,6 +460,7 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
         destinations=_parse_destinations(check),
         admin=_parse_admin(check),
         source=source,
+        delivery=_parse_delivery(check),
     )
     if check.problems:
         prefix = f"{source}: " if source else ""

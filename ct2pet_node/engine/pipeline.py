@@ -343,12 +343,16 @@ class Pipeline:
         """One batch at model size: CT in [0, 1] (B, 1, S, S) -> PET in [-1, 1] (B, 1, S, S), unclamped.
 
         ``attenuation`` (B, 1, S, S), when given, is the stage-3 map already made from ``ct01``.
+        A slice whose latent is not finite comes back all NaN, for the caller's check to refuse.
         """
         if attenuation is None:
             attenuation = self.attenuation_map(ct01, kvp)
         context = self.context(self.attention_map(ct01), attenuation)
         latent = self.sample_latent(self.encode(ct01), context, steps, eta, generators, progress)
-        return self.decode(latent)
+        # The decode quantises to the nearest codebook entry, which turns a NaN latent into a
+        # plausible image; torch.where keeps it on the device (no sync, shapes unchanged).
+        broken = ~torch.isfinite(latent).flatten(1).all(dim=1)
+        return torch.where(broken[:, None, None, None], torch.nan, self.decode(latent))
 
     def __call__(
         self,

@@ -37,6 +37,7 @@ log = structlog.get_logger(__name__)
 _NATIVE = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian)
 _FALLBACKS = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 _MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: odd context IDs 1-255
+_REACTOR_STOP_SECONDS = 1.0  # how long to wait for pynetdicom's DUL thread before closing its socket
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,9 +110,10 @@ def requested_contexts(headers: Sequence[tuple[UID, UID]]) -> list[tuple[UID, li
 class _StorageScuAE(AE):
     """An AE whose sockets set TCP_NODELAY and are always closed.
 
-    pynetdicom (3.0) shuts a socket down after a failed connect but never
-    closes it (``shutdown`` raises ENOTCONN first), leaving it to the garbage
-    collector with a ResourceWarning; we keep a handle to close it ourselves.
+    pynetdicom (3.0) shuts a socket down after a failed connect, or after the
+    peer dropped the connection mid-association, but never closes it
+    (``shutdown`` raises ENOTCONN first), leaving the descriptor to the
+    garbage collector with a ResourceWarning; we keep a handle to close it ourselves.
     """
 
     def __init__(self, ae_title: str) -> None:
@@ -125,7 +127,7 @@ class _StorageScuAE(AE):
             self.raw_sockets.append(wrapper.socket)
         return wrapper
 
-    def close_failed_sockets(self) -> None:
+    def close_sockets(self) -> None:
         for raw in self.raw_sockets:
             raw.close()
 
@@ -159,7 +161,7 @@ def _associate(
     where = f"{destination.name} ({destination.ae_title}@{destination.host}:{destination.port})"
     if assoc.is_established:
         return assoc, None, ""
-    ae.close_failed_sockets()
+    ae.close_sockets()
     if assoc.is_rejected:
         response = assoc.acceptor.primitive
         reason = getattr(response, "reason_str", "") or "no reason given"
@@ -209,7 +211,7 @@ def _payload(assoc: Association, header: _Header) -> Path | Dataset | None:
     return header.path if header.transfer_syntax in _NATIVE else _as_native(header.path)
 
 
-def _store_one(assoc: Association, header: _Header, message_id: int) -> InstanceResult:
+def _store_one(assoc: Association, header: _Header, message_id: int, dimse_seconds: float) -> InstanceResult:
     uid = header.sop_instance
     try:
         payload = _payload(assoc, header)
@@ -223,6 +225,7 @@ def _store_one(assoc: Association, header: _Header, message_id: int) -> Instance
             f"({header.sop_class.name}) in {header.transfer_syntax.name} or an uncompressed syntax"
         )
         return InstanceResult(header.path, uid, None, TransferProblem.NO_CONTEXT, detail)
+    started = time.monotonic()
     try:
         response = assoc.send_c_store(payload, msg_id=message_id)
     except (ValueError, AttributeError) as error:
@@ -231,11 +234,27 @@ def _store_one(assoc: Association, header: _Header, message_id: int) -> Instance
         return InstanceResult(header.path, uid, None, TransferProblem.ABORTED, str(error))
     if "Status" in response:
         return InstanceResult(header.path, uid, int(response.Status), None)
-    if assoc.is_established:
-        return InstanceResult(header.path, uid, None, TransferProblem.TIMEOUT, "no C-STORE response in time")
+    # pynetdicom aborts the association when the DIMSE timeout expires, so a slow peer
+    # looks like an abort unless the wait is measured.
+    if assoc.is_established or time.monotonic() - started >= dimse_seconds:
+        detail = f"no C-STORE response within {dimse_seconds:g} s"
+        return InstanceResult(header.path, uid, None, TransferProblem.TIMEOUT, detail)
     return InstanceResult(
         header.path, uid, None, TransferProblem.ABORTED, "association aborted during C-STORE"
     )
+
+
+def _close_sockets(assoc: Association) -> None:
+    """Close the association's socket once its reactor has stopped (a peer that died leaves it open).
+
+    The reactor has normally stopped by now (release, abort or failed request
+    all wait for it); one still running, e.g. awaiting the peer's close, keeps
+    its socket, which the garbage collector closes later.
+    """
+    if assoc.dul.is_alive():
+        assoc.dul.join(_REACTOR_STOP_SECONDS)
+    if not assoc.dul.is_alive() and isinstance(assoc.ae, _StorageScuAE):
+        assoc.ae.close_sockets()
 
 
 def send_files(
@@ -280,12 +299,17 @@ def send_files(
             if problem is None and not assoc.is_established:
                 problem, detail = TransferProblem.ABORTED, "the association was lost mid-batch"
             # Message IDs unique within the association, as PS3.7 9.3.1.1 asks.
-            result = _store_one(assoc, header, index % 0xFFFF + 1) if problem is None else None
+            result = (
+                _store_one(assoc, header, index % 0xFFFF + 1, timeouts.dimse_seconds)
+                if problem is None
+                else None
+            )
             done[header.path] = result or InstanceResult(
                 header.path, header.sop_instance, None, problem, detail
             )
         if assoc.is_established:
             assoc.release()
+        _close_sockets(assoc)
         stored = sum(1 for r in done.values() if r.outcome.acknowledged)
         log.info(
             "batch_sent",
