@@ -320,7 +320,10 @@ class OrthancPeer:
         config = self.work_dir / "orthanc.json"
         config.write_text(json.dumps(self._config(), indent=2))
         with (self.work_dir / "orthanc.log").open("ab") as log:
-            self._process = self.namespace.popen([binary, config], stdout=log, stderr=subprocess.STDOUT)
+            # Orthanc is built on dcmtk: without TCP_NODELAY=1 every C-STORE answer waits on Nagle.
+            self._process = self.namespace.popen(
+                [binary, config], stdout=log, stderr=subprocess.STDOUT, env=DCMTK_ENV
+            )
         self.namespace.wait_for_port(self.http_port, timeout, self._process)
         self.namespace.wait_for_port(self.dicom_port, timeout, self._process)
         return self

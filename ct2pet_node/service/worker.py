@@ -2,7 +2,7 @@
 
 For each job: re-read the series' headers, qualify and build the HU volume,
 translate it in chunks of slices (each finished chunk checkpointed to
-``data_dir/work/<job>/`` so a stop or a crash loses at most one chunk),
+``work/<job>/`` under data_dir, so a stop or a crash loses at most one chunk),
 write every configured output kind into ``data_dir/results/<job>/<kind>/``
 and hand the files to the sender. Nothing is sent before every file of the
 job is written, so nothing half-written ever leaves the node.

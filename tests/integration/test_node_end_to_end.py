@@ -54,30 +54,11 @@ def storescu() -> str:
     return found
 
 
-class NoDelayOrthanc(OrthancPeer):
-    """Orthanc with dcmtk's TCP_NODELAY=1, as every dcmtk peer here: no Nagle wait per C-STORE answer."""
-
-    def start(self, timeout: float = 30.0) -> OrthancPeer:
-        binary = shutil.which("Orthanc")
-        if binary is None:
-            raise RuntimeError("Orthanc not found; install orthanc")
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        config = self.work_dir / "orthanc.json"
-        config.write_text(json.dumps(self._config(), indent=2))
-        with (self.work_dir / "orthanc.log").open("ab") as log:
-            self._process = self.namespace.popen(
-                [binary, config], stdout=log, stderr=subprocess.STDOUT, env=DCMTK_ENV
-            )
-        self.namespace.wait_for_port(self.http_port, timeout, self._process)
-        self.namespace.wait_for_port(self.dicom_port, timeout, self._process)
-        return self
-
-
 @pytest.fixture
 def orthanc(namespace: NetNamespace, tmp_path: Path) -> Iterator[OrthancPeer]:
     if shutil.which("Orthanc") is None:
         pytest.skip("Orthanc not found (apt install orthanc)")
-    with NoDelayOrthanc(namespace, tmp_path / "orthanc") as peer:
+    with OrthancPeer(namespace, tmp_path / "orthanc") as peer:
         yield peer
 
 
@@ -361,7 +342,7 @@ def test_destination_stopped_mid_delivery_gets_the_series_complete_once(
     while not node.events("send_failed") and time.monotonic() < deadline:
         time.sleep(0.1)
     assert node.events("send_failed"), "the interrupted attempt was not recorded as a failure"
-    restarted = NoDelayOrthanc(namespace, orthanc.work_dir).start()  # same storage: what it stored, it keeps
+    restarted = OrthancPeer(namespace, orthanc.work_dir).start()  # same storage: what it stored, it keeps
     try:
         job = node.wait_for_job({JobState.DONE, JobState.FAILED}, timeout=60)
         assert job.state is JobState.DONE, job.reason

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from peers import DCMTK_ENV, NetNamespace, OrthancPeer
+from peers import NetNamespace, OrthancPeer
 
 from ct2pet_node.config import Destination
 from ct2pet_node.domain.jobs import Job
@@ -41,22 +41,7 @@ SENDER_TIMEOUTS = ScuTimeouts(
 
 
 class NoDelayOrthanc(OrthancPeer):
-    """Orthanc with ``TCP_NODELAY=1`` in its environment: no Nagle wait per C-STORE answer."""
-
-    def start(self, timeout: float = 30.0) -> OrthancPeer:
-        binary = shutil.which("Orthanc")
-        if binary is None:
-            raise RuntimeError("Orthanc not found; install orthanc")
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        config = self.work_dir / "orthanc.json"
-        config.write_text(json.dumps(self._config(), indent=2))
-        with (self.work_dir / "orthanc.log").open("ab") as log:
-            self._process = self.namespace.popen(
-                [binary, config], stdout=log, stderr=subprocess.STDOUT, env=DCMTK_ENV
-            )
-        self.namespace.wait_for_port(self.http_port, timeout, self._process)
-        self.namespace.wait_for_port(self.dicom_port, timeout, self._process)
-        return self
+    """Orthanc with a way to count what it holds per output series."""
 
     def series_instances(self) -> dict[str, set[str]]:
         """Output series UID -> the distinct SOP Instance UIDs Orthanc holds for it."""
