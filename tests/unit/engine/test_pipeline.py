@@ -14,7 +14,6 @@ import torch
 
 from ct2pet_node.engine import load_pipeline
 from ct2pet_node.engine.pipeline import Pipeline
-from ct2pet_node.engine.weights import import_release
 from ct2pet_node.errors import EngineError, WeightsError
 
 ATOL = 1e-4
@@ -25,19 +24,10 @@ def vectors(reference_dir: Path) -> dict[str, np.ndarray]:
     return dict(np.load(reference_dir / "cpdm-tiny" / "vectors.npz"))
 
 
-@pytest.fixture(scope="module")
-def weights_dir(reference_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tiny = reference_dir / "cpdm-tiny"
-    out = tmp_path_factory.mktemp("pipeline") / "tiny"
-    import_release(
-        tiny / "config.yaml",
-        tiny / "cpdm.pth",
-        tiny / "vqgan.ckpt",
-        tiny / "segmentation.ckpt",
-        tiny / "segmentation.json",
-        out_dir=out,
-    )
-    return out
+@pytest.fixture(scope="session")
+def weights_dir(tiny_weights: Path) -> Path:
+    """The tiny release as imported once per session (read-only here; damage tests copy it)."""
+    return tiny_weights
 
 
 @pytest.fixture(scope="module")

@@ -26,19 +26,10 @@ from ct2pet_node.engine.weights import (
 from ct2pet_node.errors import WeightsError
 
 
-@pytest.fixture(scope="module")
-def imported(reference_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tiny = reference_dir / "cpdm-tiny"
-    out = tmp_path_factory.mktemp("weights") / "cpdm-tiny"
-    import_release(
-        tiny / "config.yaml",
-        tiny / "cpdm.pth",
-        tiny / "vqgan.ckpt",
-        tiny / "segmentation.ckpt",
-        tiny / "segmentation.json",
-        out_dir=out,
-    )
-    return out
+@pytest.fixture(scope="session")
+def imported(tiny_weights: Path) -> Path:
+    """The tiny release as imported once per session (read-only here; damage tests copy it)."""
+    return tiny_weights
 
 
 def _small(out: Path, **overrides: object) -> Path:
