@@ -67,9 +67,20 @@ def load_translator(config: Config) -> Translator:
             "[engine] weights at a weights directory"
         )
     from ct2pet_node.engine import load_pipeline
+    from ct2pet_node.engine.options import EngineOptions
 
-    precision = None if config.engine.precision == "float32" else config.engine.precision
-    pipeline: Translator = load_pipeline(weights_dir, device=config.engine.device, precision=precision)
+    engine = config.engine
+    options = EngineOptions(
+        precision=engine.precision,
+        channels_last=engine.channels_last,
+        compile=engine.compile,
+        cuda_graphs=engine.cuda_graphs,
+        batch_size=engine.batch_size,
+        decode_batch_size=engine.decode_batch_size,
+        overlap=engine.overlap,
+        threads=engine.threads,
+    )
+    pipeline: Translator = load_pipeline(weights_dir, device=engine.device, options=options)
     return pipeline
 
 
@@ -107,6 +118,7 @@ class Node:
                 "output_units": self.translator.output_units,
                 "device": str(getattr(self.translator, "device", "unknown")),
                 "steps": self.worker.sampling.steps,
+                "eta": self.worker.sampling.eta,
             },
             "queues": {"engine": self.worker.queue.depth(), "outbox_due": len(self.outbox.due(time.time()))},
             "current_job": self.worker.current_job,

@@ -23,7 +23,11 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "config" / "ct2pet-node.toml"
 WEIGHTS_ROOT = PROJECT_ROOT / "weights"
 OUTPUT_KINDS = ("secondary-capture", "pet")
-PRECISIONS = ("float32", "bfloat16", "float16")
+PRECISIONS = ("float32", "tf32", "bfloat16", "float16")
+# Fast-path switches of [engine]: absent or "auto" leaves the choice to the device's default
+# (ct2pet_node/engine/options.py), so a config moved between a GPU and a CPU host stays right.
+ENGINE_SWITCHES = ("channels_last", "compile", "cuda_graphs", "overlap")
+ENGINE_COUNTS = ("batch_size", "decode_batch_size", "threads")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,12 +82,21 @@ class RoutingConfig:
 
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
+    """The ``[engine]`` table; ``None`` leaves a choice to the model (steps, eta) or the device (fast paths)."""
+
     weights: str
     device: str
     steps: int
     precision: str
-    eta: float
+    eta: float | None
     seed: int
+    channels_last: bool | None = None
+    compile: bool | None = None
+    cuda_graphs: bool | None = None
+    overlap: bool | None = None
+    batch_size: int | None = None
+    decode_batch_size: int | None = None
+    threads: int | None = None
 
     @property
     def weights_dir(self) -> Path:
@@ -338,26 +351,54 @@ def _device(value: str) -> bool:
     return prefix == "cuda" and index.isdigit()
 
 
+def _optional_auto(
+    check: _Checker,
+    table: Mapping[str, Any],
+    key: str,
+    kind: type | tuple[type, ...],
+    rule: Callable[[Any], bool],
+    fix: str,
+) -> Any:
+    """An optional ``[engine]`` value where absent or ``"auto"`` means None (the default's choice)."""
+    if table.get(key, "auto") == "auto":
+        return None
+    return check.get("[engine]", table, key, kind, rule, f'{fix}, or "auto"')
+
+
 def _parse_engine(check: _Checker) -> EngineConfig:
     table = check.table("engine")
-    check.unknown_keys("[engine]", table, {"weights", "device", "steps", "precision", "eta", "seed"})
+    known = {"weights", "device", "steps", "precision", "eta", "seed", *ENGINE_SWITCHES, *ENGINE_COUNTS}
+    check.unknown_keys("[engine]", table, known)
     weights = check.get("[engine]", table, "weights", str, bool, '"demo" or a weights directory')
     device = check.get("[engine]", table, "device", str, _device, '"auto", "cpu", "cuda" or "cuda:N"')
     steps = check.get("[engine]", table, "steps", int, lambda v: v == 0 or 2 <= v <= 1000, "0 or 2-1000")
     precision = check.get(
         "[engine]", table, "precision", str, lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"
     )
-    eta = check.get("[engine]", table, "eta", (int, float), lambda v: 0 <= v <= 1, "between 0 and 1")
+    # Absent: the model's own eta (its manifest), as steps = 0 takes the model's own steps.
+    eta = _optional_auto(check, table, "eta", (int, float), lambda v: 0 <= v <= 1, "between 0 and 1")
     seed = check.get("[engine]", table, "seed", int, lambda v: v >= 0, "an integer, 0 or more")
-    if precision in ("bfloat16", "float16") and device == "cpu":
-        check.problems.append(f'[engine] precision: {precision} needs CUDA; use "float32" with device "cpu"')
+    if precision in ("tf32", "float16") and device == "cpu":
+        check.problems.append(
+            f'[engine] precision: {precision} needs CUDA; use "float32" (or "bfloat16") with device "cpu"'
+        )
+    switches = {
+        key: _optional_auto(check, table, key, bool, lambda _: True, "true or false")
+        for key in ENGINE_SWITCHES
+    }
+    counts = {
+        key: _optional_auto(check, table, key, int, lambda v: v >= 1, "a whole number, 1 or more")
+        for key in ENGINE_COUNTS
+    }
     return EngineConfig(
         weights=weights or "",
         device=device or "auto",
         steps=steps or 0,
         precision=precision or "float32",
-        eta=float(eta if eta is not None else 1.0),
+        eta=None if eta is None else float(eta),
         seed=seed or 0,
+        **switches,
+        **counts,
     )
 
 

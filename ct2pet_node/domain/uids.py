@@ -33,7 +33,9 @@ def require_uid(value: object, what: str) -> Uid:
     text = str(value).strip().rstrip("\x00") if value is not None else ""
     if not is_valid_uid(text):
         shown = text if len(text) <= 80 else text[:77] + "..."
-        raise InputError(f"{what} {shown!r} is not a valid DICOM UID (digits and dots, at most 64 characters)")
+        raise InputError(
+            f"{what} {shown!r} is not a valid DICOM UID (digits and dots, at most 64 characters)"
+        )
     return Uid(text)
 
 

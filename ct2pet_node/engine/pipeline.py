@@ -152,6 +152,7 @@ class Pipeline:
         self.image_size = int(manifest.architecture["image_size"])
         # Sampling steps when the caller names none: the model's own sample_step.
         self.default_steps = int(self.schedule.sample_step)
+        self.default_eta = float(self.schedule.eta)
         self.kvp_policy = AttenuationKvp.from_dict(manifest.normalisation.get("attenuation_kvp", {}))
         if self.options.threads is not None:
             torch.set_num_threads(self.options.threads)

@@ -47,9 +47,7 @@ def convert_folder(
     found = scan_folder(ct_dir)
     if not found:
         raise InputError(f"no DICOM files found under {ct_dir}; give the folder holding the CT series")
-    sampling = Sampling(
-        steps=config.engine.steps or translator.default_steps, eta=config.engine.eta, seed=config.engine.seed
-    )
+    sampling = Sampling.for_model(config.engine, translator.default_steps, translator.default_eta)
     results: list[ConvertResult] = []
     for series_uid, headers in sorted(found.items()):
         try:

@@ -27,7 +27,7 @@ def render_status(report: dict[str, Any], now: float | None = None) -> str:
         f"ct2pet-node {report.get('version')}  AE {report.get('ae_title')} port {report.get('port')}  "
         f"up {float(report.get('uptime_seconds', 0)) / 60:.1f} min",
         f"model      {model.get('id')} ({model.get('output_units')}) on {model.get('device')}, "
-        f"{model.get('steps')} steps",
+        f"{model.get('steps')} steps, eta {model.get('eta')}",
         "jobs       " + ", ".join(f"{state} {count}" for state, count in jobs.items()),
         "queues     " + ", ".join(f"{name} {depth}" for name, depth in queues.items()),
     ]

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ct2pet_node import __version__
-from ct2pet_node.config import OutputConfig
+from ct2pet_node.config import EngineConfig, OutputConfig
 from ct2pet_node.dicom.labels import SynthesisInfo
 from ct2pet_node.dicom.resample import pet_on_grid
 from ct2pet_node.dicom.writer import write_pet_series
@@ -23,6 +23,15 @@ class Sampling:
     steps: int
     eta: float
     seed: int
+
+    @classmethod
+    def for_model(cls, engine: EngineConfig, default_steps: int, default_eta: float) -> Sampling:
+        """The configured settings, with the model's own steps and eta where the config leaves them open."""
+        return cls(
+            steps=engine.steps or default_steps,
+            eta=default_eta if engine.eta is None else engine.eta,
+            seed=engine.seed,
+        )
 
 
 @dataclass(frozen=True, slots=True)

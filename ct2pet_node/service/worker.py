@@ -54,6 +54,7 @@ class Translator(Protocol):
     image_size: int
     output_units: str
     default_steps: int
+    default_eta: float
 
     def __call__(
         self,
@@ -99,11 +100,7 @@ class EngineWorker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.current_job: int | None = None
-        self.sampling = Sampling(
-            steps=config.engine.steps or translator.default_steps,
-            eta=config.engine.eta,
-            seed=config.engine.seed,
-        )
+        self.sampling = Sampling.for_model(config.engine, translator.default_steps, translator.default_eta)
 
     @property
     def results_root(self) -> Path:

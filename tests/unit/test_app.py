@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import threading
 import time
@@ -27,6 +28,7 @@ class FakeTranslator:
     image_size = 64
     output_units = "relative"
     default_steps = 3
+    default_eta = 1.0
     device = "cpu"
 
     def __call__(self, hu: np.ndarray, **_: object) -> np.ndarray:
@@ -72,7 +74,13 @@ def test_a_started_node_answers_status_and_stops_cleanly(node: app.Node) -> None
     app.start(node)
     host, port = node.admin.address
     report = fetch_status(host, port, "")
-    assert report["model"] == {"id": "fake-model", "output_units": "relative", "device": "cpu", "steps": 3}
+    assert report["model"] == {
+        "id": "fake-model",
+        "output_units": "relative",
+        "device": "cpu",
+        "steps": 3,
+        "eta": 1.0,
+    }
     assert report["jobs"] == {state.value: 0 for state in JobState}
     assert report["queues"] == {"engine": 0, "outbox_due": 0}
     assert report["destinations"] == [] and report["oldest_waiting"] is None
@@ -150,3 +158,22 @@ def test_missing_weights_say_how_to_get_them(tmp_path: Path) -> None:
     )
     with pytest.raises(app.WeightsError, match="ct2pet-node weights import"):
         app.build_node(config)
+
+
+def test_engine_fast_path_keys_reach_the_loaded_pipeline(tiny_weights: Path, tmp_path: Path) -> None:
+    config = _config(tmp_path / "data")
+    engine = dataclasses.replace(
+        config.engine,
+        weights=str(tiny_weights),
+        device="cpu",
+        batch_size=3,
+        decode_batch_size=1,
+        channels_last=True,
+    )
+    pipeline = app.load_translator(dataclasses.replace(config, engine=engine))
+    assert (pipeline.batch_size, pipeline.decode_batch_size) == (3, 1)  # type: ignore[attr-defined]
+    assert pipeline.options.channels_last  # type: ignore[attr-defined]
+    assert not pipeline.options.cuda_graphs  # type: ignore[attr-defined]
+    # eta left open in the config is the model's own, from its manifest (the tiny release's is 0).
+    manifest = json.loads((tiny_weights / "manifest.json").read_text())
+    assert pipeline.default_eta == manifest["architecture"]["bridge"]["eta"] == 0.0

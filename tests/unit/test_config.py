@@ -44,8 +44,15 @@ def test_every_problem_is_reported_at_once_with_its_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     text = "\n".join(caught.value.problems)
-    for key in ("[node] port", "[node] ae_title", "[engine] device", "[engine] steps", "[output] series",
-                "[admin] listen", "typo: unknown table"):
+    for key in (
+        "[node] port",
+        "[node] ae_title",
+        "[engine] device",
+        "[engine] steps",
+        "[output] series",
+        "[admin] listen",
+        "typo: unknown table",
+    ):
         assert key in text
     assert len(caught.value.problems) == 7
 
@@ -73,6 +80,7 @@ def test_missing_and_malformed_files_name_the_file(tmp_path: Path) -> None:
         load_config(write(tmp_path, "[node\n"))
 
 
-def test_half_precision_on_cpu_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("precision", ["float16", "tf32"])
+def test_cuda_only_precisions_on_cpu_are_refused(tmp_path: Path, precision: str) -> None:
     with pytest.raises(ConfigError, match="needs CUDA"):
-        load_config(write(tmp_path, '[engine]\ndevice = "cpu"\nprecision = "bfloat16"\n'))
+        load_config(write(tmp_path, f'[engine]\ndevice = "cpu"\nprecision = "{precision}"\n'))

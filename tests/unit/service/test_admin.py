@@ -27,7 +27,9 @@ def test_status_needs_the_token_and_returns_json(admin: AdminServer) -> None:
 
 def test_metrics_and_health(admin: AdminServer) -> None:
     host, port = admin.address
-    request = urllib.request.Request(f"http://{host}:{port}/metrics", headers={"Authorization": "Bearer s3cret"})
+    request = urllib.request.Request(
+        f"http://{host}:{port}/metrics", headers={"Authorization": "Bearer s3cret"}
+    )
     with urllib.request.urlopen(request, timeout=5) as response:
         assert "ct2pet_instances_received_total 5" in response.read().decode()
     with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=5) as response:

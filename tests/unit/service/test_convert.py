@@ -24,6 +24,7 @@ class FakeTranslator:
     image_size = 64
     output_units = "relative"
     default_steps = 3
+    default_eta = 1.0
 
     def __init__(self, value: float | None = None) -> None:
         self.value = value

@@ -33,6 +33,7 @@ class FakeTranslator:
     image_size = 64
     output_units = "relative"
     default_steps = 3
+    default_eta = 1.0
 
     def __init__(self, misbehave: Callable[[int], None] | None = None) -> None:
         self.first_slices: list[int] = []
