@@ -5,38 +5,123 @@ Writes into REPORT_DIR:
 * ``metrics.json``: per-slice and mean MAE (SUV), PSNR (dB), SSIM, and
   SUVmean / SUVmax error inside the body, for the model and for the HU-bin
   baseline saved beside the weights; plus the SUVmean / SUVmax over the whole
-  evaluated slab. Definitions: :mod:`ct2pet_node.training.metrics`. Metrics
-  are computed at the model's own size (``image_size``), where the paper
-  computes them.
+  evaluated slab. Definitions: :data:`METRIC_DEFINITIONS` and
+  :mod:`ct2pet_node.training.metrics`. Metrics are computed at the model's own
+  size (``image_size``), where the paper computes them.
 * ``panels/slice_<i>.png``: CT, real PET, synthetic PET and difference.
 * ``panels/mip_coronal.png``: coronal MIPs of real and synthetic PET.
+
+Other reports (e.g. ``benchmarks/steps_curve.py``) reuse the parts without the
+files: :func:`load_evaluation_pair` prepares the slices once,
+:func:`score` runs a loaded pipeline on them and summarises.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 import structlog
 from tqdm import tqdm
 
+from ct2pet_node.engine.pipeline import Pipeline, load_pipeline
+from ct2pet_node.engine.weights import WeightsManifest, load_manifest
 from ct2pet_node.errors import InputError, WeightsError
 from ct2pet_node.training import metrics
-from ct2pet_node.training.baseline import load_baseline
-from ct2pet_node.training.panels import coronal_mip_panel, slice_panel
+from ct2pet_node.training.baseline import HuLookupBaseline, load_baseline
+from ct2pet_node.training.panels import write_evaluation_panels
+from ct2pet_node.training.summary import METRIC_NAMES, slice_metrics, summarise
+
+__all__ = [
+    "METRIC_DEFINITIONS",
+    "METRIC_NAMES",
+    "EvaluationPair",
+    "evaluate",
+    "evaluate_arrays",
+    "evaluate_dataset",
+    "evaluate_pair",
+    "load_dataset_pair",
+    "load_evaluation_pair",
+    "parse_slices",
+    "sampling",
+    "score",
+    "slice_metrics",
+    "summarise",
+    "synthesise",
+]
 from ct2pet_node.training.train import read_dataset
 
 log = structlog.get_logger(__name__)
 
-METRIC_NAMES = ("mae_suv", "psnr_db", "ssim", "suv_mean_error", "suv_max_error")
 PANEL_SLICES = 4
+# What every figure of a report means; embedded in metrics.json as "definitions".
+METRIC_DEFINITIONS: Mapping[str, str] = MappingProxyType(
+    {
+        "mae_suv": "mean |synthetic - real| over all pixels of the slice, SUVbw",
+        "psnr_db": "10 log10(R^2 / MSE), both clipped to [0, R], R = data_range_suv",
+        "ssim": "skimage-compatible SSIM: gaussian sigma 1.5, K1 0.01, K2 0.03, data range R, on [0, R]",
+        "suv_mean_error": "mean SUV in body, synthetic minus real "
+        "(body: CT > -500 HU, largest region, holes filled)",
+        "suv_max_error": "max SUV in body, synthetic minus real",
+        "mean": "average over slices; infinite PSNR and body-less slices left out",
+        "baseline": "each 16-HU bin mapped to its mean SUV over the training slices",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class EvaluationPair:
+    """Paired evaluation slices at the model's size, arrays (N, S, S) in position order.
+
+    Attributes
+    ----------
+    hu, suv : numpy.ndarray
+        float32 CT in HU and real PET in SUVbw.
+    body : numpy.ndarray
+        bool body mask (SUV errors are taken inside it).
+    data_range : float
+        R of PSNR and SSIM, SUVbw: the model's PET scale.
+    first_index : int
+        Slice index of ``hu[0]`` within its study.
+    study : str
+        CT series UID ("" when unknown).
+    z_over_x : float
+        Slice spacing / pixel spacing, for the coronal MIP's proportions.
+    """
+
+    hu: np.ndarray
+    suv: np.ndarray
+    body: np.ndarray
+    data_range: float
+    first_index: int = 0
+    study: str = ""
+    z_over_x: float = 1.0
+
+    def __post_init__(self) -> None:
+        paired = self.hu.shape == self.suv.shape == self.body.shape and self.hu.ndim == 3
+        if not (paired and self.hu.shape[0] and self.data_range > 0 and self.first_index >= 0):
+            raise InputError(
+                f"evaluation slices hu {self.hu.shape}, suv {self.suv.shape}, body {self.body.shape}, "
+                f"data range {self.data_range} SUV, first slice {self.first_index}: need paired non-empty "
+                "(N, S, S) arrays at the model size, a positive range and a slice index >= 0"
+            )
+
+    @property
+    def indices(self) -> list[int]:
+        """Slice index of every row within its study."""
+        return list(range(self.first_index, self.first_index + self.hu.shape[0]))
+
+    def summarise(self, synthetic: np.ndarray) -> dict[str, Any]:
+        """:func:`summarise` of synthetic PET (N, S, S) SUVbw against this pair."""
+        return summarise(synthetic, self.suv, self.body, self.data_range, self.indices)
 
 
 def parse_slices(text: str | None, count: int) -> tuple[int, int]:
@@ -54,56 +139,104 @@ def parse_slices(text: str | None, count: int) -> tuple[int, int]:
     return first, stop
 
 
-def slice_metrics(
-    pred: np.ndarray, real: np.ndarray, body: np.ndarray, data_range: float
-) -> dict[str, float | None]:
-    """All metrics of one (y, x) slice in SUVbw; SUV errors None when the slice has no body."""
-    suv = metrics.suv_errors(pred, real, body)
+def _suv_range(manifest: WeightsManifest, origin: object) -> float:
+    """The PET scale (SUVbw) of SUV-output weights: the data range of PSNR and SSIM."""
+    if manifest.output_units != "SUVbw":
+        raise WeightsError(
+            f"weights {origin} output {manifest.output_units!r}, not SUVbw; "
+            "evaluate compares SUV, so use weights trained by ct2pet-node train"
+        )
+    return float(manifest.pet_scaling.scale)
+
+
+def load_dataset_pair(
+    weights_dir: Path | str, data_dir: Path | str, slices: str | None, *, study: str | None = None
+) -> EvaluationPair:
+    """Slices A:B of one study of a built dataset (``study``: a CT series UID; default the first)."""
+    data_range = _suv_range(load_manifest(Path(weights_dir)), weights_dir)
+    studies = read_dataset(Path(data_dir))
+    uid = study or next(iter(studies))
+    if uid not in studies:
+        raise InputError(f"study {uid!r} is not in dataset {data_dir} (it has {sorted(studies)})")
+    data = studies[uid]
+    first, stop = parse_slices(slices, data.hu.shape[0])
+    rows = slice(first, stop)
+    return EvaluationPair(
+        data.hu[rows], data.suv[rows], data.body[rows], data_range, first, uid, data.z_over_x
+    )
+
+
+def load_evaluation_pair(
+    weights_dir: Path | str, ct_dir: Path | str, pet_dir: Path | str, slices: str | None
+) -> EvaluationPair:
+    """Slices A:B (position order) of a CT series folder and its PET series folder, at the model's size.
+
+    The dataset builder pairs the series (resampled, PET in SUVbw, body mask)
+    into a temporary folder, as ``ct2pet-node evaluate`` does.
+    """
+    from ct2pet_node.training.dataset import build_dataset
+
+    size = int(load_manifest(Path(weights_dir)).architecture["image_size"])
+    with tempfile.TemporaryDirectory(prefix="ct2pet-eval-") as tmp:
+        build_dataset(Path(ct_dir), Path(pet_dir), Path(tmp) / "dataset", size=size)
+        return load_dataset_pair(weights_dir, Path(tmp) / "dataset", slices)
+
+
+def sampling(pipeline: Pipeline, steps: int | None, eta: float | None, seed: int) -> dict[str, Any]:
+    """The sampling actually used: ``{"steps", "eta", "seed"}``, the weights' own where None."""
     return {
-        "mae_suv": metrics.mae(pred, real),
-        "psnr_db": metrics.psnr(pred, real, data_range),
-        "ssim": metrics.ssim(pred, real, data_range),
-        "suv_mean_error": None if suv is None else suv.suv_mean_error,
-        "suv_max_error": None if suv is None else suv.suv_max_error,
+        "steps": steps or pipeline.default_steps,
+        "eta": pipeline.default_eta if eta is None else eta,
+        "seed": seed,
     }
 
 
-def _finite_mean(values: Sequence[float | None]) -> float | None:
-    kept = [v for v in values if v is not None and math.isfinite(v)]
-    return float(np.mean(kept)) if kept else None
+def synthesise(
+    pipeline: Pipeline,
+    pair: EvaluationPair,
+    *,
+    steps: int | None = None,
+    eta: float | None = None,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """Synthetic PET (N, S, S) SUVbw of the pair's CT; None steps or eta: the weights' own.
+
+    The noise of row k derives from (seed, ``pair.first_index`` + k), as the
+    node seeds the same slices of the whole study.
+    """
+    data_range = _suv_range(pipeline.manifest, pipeline.model_id)
+    if pair.hu.shape[1:] != (pipeline.image_size,) * 2 or data_range != pair.data_range:
+        raise InputError(
+            f"evaluation slices {pair.hu.shape} with data range {pair.data_range} SUV do not fit model "
+            f"{pipeline.model_id} ({pipeline.image_size}x{pipeline.image_size}, range {data_range}); "
+            "load the pair with this model's weights"
+        )
+    return pipeline(
+        pair.hu, steps=steps, eta=eta, seed=seed, progress=progress, first_slice_index=pair.first_index
+    )
 
 
-def _json_number(value: float | None) -> float | None:
-    return None if value is None or not math.isfinite(value) else round(float(value), 6)
-
-
-def summarise(
-    pred: np.ndarray, real: np.ndarray, body: np.ndarray, data_range: float, indices: Sequence[int]
+def score(
+    pipeline: Pipeline,
+    pair: EvaluationPair,
+    *,
+    steps: int | None = None,
+    eta: float | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """Per-slice metrics, their means (infinite PSNR and empty bodies left out), and slab SUV stats."""
-    per_slice = []
-    for k, index in enumerate(indices):
-        values = slice_metrics(pred[k], real[k], body[k], data_range)
-        per_slice.append({"slice": int(index), **{n: _json_number(values[n]) for n in METRIC_NAMES}})
-    mean = {name: _json_number(_finite_mean([s[name] for s in per_slice])) for name in METRIC_NAMES}
-    mean["abs_suv_mean_error"] = _json_number(
-        _finite_mean([abs(s["suv_mean_error"]) for s in per_slice if s["suv_mean_error"] is not None])
-    )
-    mean["abs_suv_max_error"] = _json_number(
-        _finite_mean([abs(s["suv_max_error"]) for s in per_slice if s["suv_max_error"] is not None])
-    )
-    slab = metrics.suv_errors(pred, real, body)
-    volume = None
-    if slab is not None:
-        volume = {
-            "suv_mean_real": _json_number(slab.suv_mean_real),
-            "suv_mean_synthetic": _json_number(slab.suv_mean_synthetic),
-            "suv_mean_error": _json_number(slab.suv_mean_error),
-            "suv_max_real": _json_number(slab.suv_max_real),
-            "suv_max_synthetic": _json_number(slab.suv_max_synthetic),
-            "suv_max_error": _json_number(slab.suv_max_error),
-        }
-    return {"mean": mean, "volume": volume, "per_slice": per_slice}
+    """Run the pipeline on the pair and summarise; no files.
+
+    Returns
+    -------
+    dict
+        ``steps``, ``eta``, ``seed`` (as used), ``seconds`` (the pipeline call
+        alone), then :func:`summarise`'s ``mean``, ``volume`` and ``per_slice``.
+    """
+    tick = time.perf_counter()
+    synthetic = synthesise(pipeline, pair, steps=steps, eta=eta, seed=seed)
+    seconds = time.perf_counter() - tick
+    return {**sampling(pipeline, steps, eta, seed), "seconds": seconds, **pair.summarise(synthetic)}
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
@@ -112,8 +245,76 @@ def _write_json(path: Path, data: Mapping[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _load_baseline(folder: Path | str | None) -> HuLookupBaseline | None:
+    try:
+        return None if folder is None else load_baseline(Path(folder))
+    except WeightsError as exc:
+        log.warning("evaluation_without_baseline", reason=str(exc))
+        return None
+
+
+def evaluate_pair(
+    model: Path | str | Pipeline,
+    pair: EvaluationPair,
+    out_dir: Path | str,
+    *,
+    baseline_dir: Path | str | None = None,
+    device: str = "auto",
+    steps: int | None = None,
+    eta: float | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a model (weights folder, or a pipeline already loaded) on a pair; write the report.
+
+    ``baseline_dir`` holds ``hu_baseline.json``: default the weights folder,
+    none for a loaded pipeline. ``device`` applies when loading; None steps
+    or eta: the weights' own. Returns the content written to ``metrics.json``.
+    """
+    started = time.monotonic()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pipeline = model if isinstance(model, Pipeline) else load_pipeline(model, device=device)
+    baseline_dir = baseline_dir or (None if isinstance(model, Pipeline) else model)
+    baseline = _load_baseline(baseline_dir)
+    bar = tqdm(total=1, desc="synthesising", disable=not progress)
+
+    def advance(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    synthetic = synthesise(pipeline, pair, steps=steps, eta=eta, seed=seed, progress=advance)
+    bar.close()
+    report: dict[str, Any] = {
+        "model_id": pipeline.model_id,
+        "output_units": pipeline.output_units,
+        "study": pair.study,
+        "slices": [pair.first_index, pair.first_index + pair.hu.shape[0]],
+        "image_size": pipeline.image_size,
+        "data_range_suv": pair.data_range,
+        "sampling": sampling(pipeline, steps, eta, seed),
+        "definitions": dict(METRIC_DEFINITIONS),
+        "model": pair.summarise(synthetic),
+        "baseline": None if baseline is None else pair.summarise(baseline.predict(pair.hu)),
+    }
+    report["panels"] = write_evaluation_panels(
+        pair.hu, pair.suv, synthetic, pair.indices, out_dir, z_over_x=pair.z_over_x, count=PANEL_SLICES
+    )
+    report["seconds"] = round(time.monotonic() - started, 3)
+    _write_json(out_dir / "metrics.json", report)
+    log.info(
+        "evaluation_finished",
+        model_id=pipeline.model_id,
+        slices=pair.hu.shape[0],
+        mae_suv=report["model"]["mean"]["mae_suv"],
+        baseline_mae_suv=None if baseline is None else report["baseline"]["mean"]["mae_suv"],
+    )
+    return report
+
+
 def evaluate_arrays(
-    weights_dir: Path | str,
+    weights_dir: Path | str | Pipeline,
     hu: np.ndarray,
     suv: np.ndarray,
     out_dir: Path | str,
@@ -124,13 +325,18 @@ def evaluate_arrays(
     study: str = "",
     device: str = "auto",
     steps: int | None = None,
+    eta: float | None = None,
     seed: int = 0,
     progress: bool = True,
+    baseline_dir: Path | str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a model on paired slices already at the model's size.
 
     Parameters
     ----------
+    weights_dir : path or Pipeline
+        A weights folder, or a pipeline already loaded (then ``device`` is
+        unused and the HU baseline is read from ``baseline_dir`` if given).
     hu, suv : numpy.ndarray
         float32 (N, S, S) CT in HU and real PET in SUVbw, S the model's ``image_size``.
     body : numpy.ndarray, optional
@@ -138,99 +344,36 @@ def evaluate_arrays(
     z_over_x : float
         Slice spacing / pixel spacing, for the coronal MIP's proportions.
     first_index : int
-        Slice index of ``hu[0]`` within its study (for the report).
-    steps, seed : optional
-        Sampling steps (default: the weights' own) and noise seed.
+        Slice index of ``hu[0]`` within its study (for the report and the noise seeding).
+    steps, eta, seed : optional
+        Sampling steps and noise scale (default: the weights' own) and noise seed.
 
     Returns
     -------
     dict
         The content written to ``metrics.json``.
     """
-    from ct2pet_node.engine.pipeline import load_pipeline
-
-    started = time.monotonic()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    pipeline = load_pipeline(weights_dir, device=device)
-    if pipeline.output_units != "SUVbw":
-        raise WeightsError(
-            f"weights {weights_dir} output {pipeline.output_units!r}, not SUVbw; "
-            "evaluate compares SUV, so use weights trained by ct2pet-node train"
-        )
-    if hu.shape != suv.shape or hu.ndim != 3 or hu.shape[1:] != (pipeline.image_size,) * 2:
-        raise InputError(
-            f"evaluation slices {hu.shape} / {suv.shape} must be paired (N, {pipeline.image_size}, "
-            f"{pipeline.image_size}) arrays at the model size"
-        )
-    try:
-        baseline = load_baseline(Path(weights_dir))
-    except WeightsError as exc:
-        log.warning("evaluation_without_baseline", reason=str(exc))
-        baseline = None
-    bar = tqdm(total=1, desc="synthesising", disable=not progress)
-
-    def advance(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    synthetic = pipeline(hu, steps=steps, seed=seed, progress=advance)
-    bar.close()
-    data_range = float(pipeline.manifest.pet_scaling.scale)
-    body = metrics.body_mask(hu) if body is None else np.asarray(body, dtype=bool)
-    indices = list(range(first_index, first_index + hu.shape[0]))
-    report: dict[str, Any] = {
-        "model_id": pipeline.model_id,
-        "output_units": pipeline.output_units,
-        "study": study,
-        "slices": [first_index, first_index + hu.shape[0]],
-        "image_size": pipeline.image_size,
-        "data_range_suv": data_range,
-        "sampling": {
-            "steps": steps or pipeline.schedule.sample_step,
-            "eta": pipeline.schedule.eta,
-            "seed": seed,
-        },
-        "definitions": {
-            "mae_suv": "mean |synthetic - real| over all pixels of the slice, SUVbw",
-            "psnr_db": "10 log10(R^2 / MSE), both clipped to [0, R], R = data_range_suv",
-            "ssim": "skimage-compatible SSIM: gaussian sigma 1.5, K1 0.01, K2 0.03, data range R, on [0, R]",
-            "suv_mean_error": "mean SUV in body, synthetic minus real "
-            "(body: CT > -500 HU, largest region, holes filled)",
-            "suv_max_error": "max SUV in body, synthetic minus real",
-            "mean": "average over slices; infinite PSNR and body-less slices left out",
-            "baseline": "each 16-HU bin mapped to its mean SUV over the training slices",
-        },
-        "model": summarise(synthetic, suv, body, data_range, indices),
-        "baseline": None
-        if baseline is None
-        else summarise(baseline.predict(hu), suv, body, data_range, indices),
-    }
-    panels = out_dir / "panels"
-    chosen = np.unique(np.linspace(0, hu.shape[0] - 1, min(PANEL_SLICES, hu.shape[0])).round().astype(int))
-    for k in chosen:
-        slice_panel(
-            hu[k], suv[k], synthetic[k], f"slice {indices[k]}", panels / f"slice_{indices[k]:04d}.png"
-        )
-    coronal_mip_panel(
-        suv,
-        synthetic,
-        panels / "mip_coronal.png",
-        z_over_x=z_over_x,
-        title=f"slices {indices[0]}-{indices[-1]}",
+    manifest = weights_dir.manifest if isinstance(weights_dir, Pipeline) else load_manifest(Path(weights_dir))
+    pair = EvaluationPair(
+        np.asarray(hu, dtype=np.float32),
+        np.asarray(suv, dtype=np.float32),
+        metrics.body_mask(hu) if body is None else np.asarray(body, dtype=bool),
+        _suv_range(manifest, weights_dir),
+        first_index,
+        study,
+        z_over_x,
     )
-    report["panels"] = sorted(str(p.relative_to(out_dir)) for p in panels.glob("*.png"))
-    report["seconds"] = round(time.monotonic() - started, 3)
-    _write_json(out_dir / "metrics.json", report)
-    log.info(
-        "evaluation_finished",
-        model_id=pipeline.model_id,
-        slices=hu.shape[0],
-        mae_suv=report["model"]["mean"]["mae_suv"],
-        baseline_mae_suv=None if baseline is None else report["baseline"]["mean"]["mae_suv"],
+    return evaluate_pair(
+        weights_dir,
+        pair,
+        out_dir,
+        baseline_dir=baseline_dir,
+        device=device,
+        steps=steps,
+        eta=eta,
+        seed=seed,
+        progress=progress,
     )
-    return report
 
 
 def evaluate_dataset(
@@ -242,29 +385,14 @@ def evaluate_dataset(
     study: str | None = None,
     device: str = "auto",
     steps: int | None = None,
+    eta: float | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate on a built dataset folder (``study``: a CT series UID; default the first)."""
-    studies = read_dataset(Path(data_dir))
-    uid = study or next(iter(studies))
-    if uid not in studies:
-        raise InputError(f"study {uid!r} is not in dataset {data_dir} (it has {sorted(studies)})")
-    data = studies[uid]
-    first, stop = parse_slices(slices, data.hu.shape[0])
-    return evaluate_arrays(
-        weights_dir,
-        data.hu[first:stop],
-        data.suv[first:stop],
-        out_dir,
-        body=data.body[first:stop],
-        z_over_x=data.z_over_x,
-        first_index=first,
-        study=uid,
-        device=device,
-        steps=steps,
-        seed=seed,
-        progress=progress,
+    pair = load_dataset_pair(weights_dir, data_dir, slices, study=study)
+    return evaluate_pair(
+        weights_dir, pair, out_dir, device=device, steps=steps, eta=eta, seed=seed, progress=progress
     )
 
 
@@ -277,27 +405,16 @@ def evaluate(
     *,
     device: str = "auto",
     steps: int | None = None,
+    eta: float | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate on a CT series folder and its PET series folder (DICOM), at the model's size.
 
     The pair is resampled and converted to SUVbw by the dataset builder into a
-    temporary folder, then :func:`evaluate_dataset` runs on it.
+    temporary folder (:func:`load_evaluation_pair`), then evaluated.
     """
-    from ct2pet_node.engine.weights import load_manifest
-    from ct2pet_node.training.dataset import build_dataset
-
-    size = int(load_manifest(Path(weights_dir)).architecture["image_size"])
-    with tempfile.TemporaryDirectory(prefix="ct2pet-eval-") as tmp:
-        build_dataset(Path(ct_dir), Path(pet_dir), Path(tmp) / "dataset", size=size)
-        return evaluate_dataset(
-            weights_dir,
-            Path(tmp) / "dataset",
-            slices,
-            out_dir,
-            device=device,
-            steps=steps,
-            seed=seed,
-            progress=progress,
-        )
+    pair = load_evaluation_pair(weights_dir, ct_dir, pet_dir, slices)
+    return evaluate_pair(
+        weights_dir, pair, out_dir, device=device, steps=steps, eta=eta, seed=seed, progress=progress
+    )

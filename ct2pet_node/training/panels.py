@@ -98,3 +98,32 @@ def coronal_mip_panel(
     path.parent.mkdir(parents=True, exist_ok=True)
     _row(tiles).save(path)
     return path
+
+
+def write_evaluation_panels(
+    hu: np.ndarray,
+    real: np.ndarray,
+    synthetic: np.ndarray,
+    indices: Sequence[int],
+    out_dir: Path,
+    *,
+    z_over_x: float = 1.0,
+    count: int = 4,
+) -> list[str]:
+    """Up to ``count`` evenly spread slice panels and the coronal MIP under ``out_dir/panels``.
+
+    Returns the written PNGs' paths relative to ``out_dir``, sorted.
+    """
+    panels, slices = out_dir / "panels", hu.shape[0]
+    chosen = np.unique(np.linspace(0, slices - 1, min(count, slices)).round().astype(int))
+    for k in chosen:
+        name = f"slice_{indices[k]:04d}.png"
+        slice_panel(hu[k], real[k], synthetic[k], f"slice {indices[k]}", panels / name)
+    coronal_mip_panel(
+        real,
+        synthetic,
+        panels / "mip_coronal.png",
+        z_over_x=z_over_x,
+        title=f"slices {indices[0]}-{indices[-1]}",
+    )
+    return sorted(str(p.relative_to(out_dir)) for p in panels.glob("*.png"))
