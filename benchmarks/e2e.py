@@ -233,6 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     if sample is None:
         print("the shared sample is missing: set CT2PET_SAMPLE_DIR", file=sys.stderr)
         return 2
+    if args.keep is not None and args.keep.exists() and any(args.keep.iterdir()):
+        # A used folder holds an earlier run's job store and log: its figures would mix into these.
+        print(f"--keep {args.keep} is not empty; give a new or empty folder", file=sys.stderr)
+        return 2
     paths = sample_in_position_order(sample / "CT")
     paths = paths[: args.slices] if args.slices else paths
     with tempfile.TemporaryDirectory(prefix="ct2pet-e2e-") as scratch:

@@ -48,7 +48,7 @@ from ct2pet_node.engine import load_pipeline
 from ct2pet_node.engine.bridge import BridgeSchedule
 from ct2pet_node.engine.networks import RELEASE_CONFIG, VQGAN, SegmentationUNet, SpatialRescaler, UNet
 from ct2pet_node.engine.networks.segmentation import SegmentationArchitecture
-from ct2pet_node.engine.options import CPU_BATCH, ERROR_BUDGET, EngineOptions
+from ct2pet_node.engine.options import ERROR_BUDGET, EngineOptions, cpu_batch_size
 from ct2pet_node.engine.pipeline import Pipeline, resolve_device
 from ct2pet_node.engine.weights import (
     RELEASE_CALIBRATION,
@@ -75,11 +75,13 @@ CPU_PATHS: dict[str, EngineOptions] = {
     "default": EngineOptions(),
 }
 # A small trained model (--weights) on the CPU: its latent is small (32x32 for the demo), so
-# per-call overheads weigh more and larger batches may pay. "exact" runs at CPU_BATCH; the
-# CPU decode batch stays CPU_BATCH unless named (+decode=N), see Pipeline._batch_sizes.
+# per-call overheads weigh more and larger batches pay. "exact" runs at the pipeline's CPU
+# batch for the model (options.cpu_batch_size: 8 for the demo), decoding as wide; "batch=2"
+# is the release architecture's CPU batch, for comparison.
 CPU_SMALL_MODEL_PATHS: dict[str, EngineOptions] = {
     "exact": EXACT,
     "batch=1": replace(EXACT, batch_size=1),
+    "batch=2": replace(EXACT, batch_size=2, decode_batch_size=2),
     "batch=4": replace(EXACT, batch_size=4),
     "batch=8": replace(EXACT, batch_size=8),
     "batch=16": replace(EXACT, batch_size=16),
@@ -492,7 +494,7 @@ def main() -> None:
     print(
         f"study: {args.slices} slices x {args.total_steps} steps (model default {schedule.sample_step}, "
         f"eta {schedule.eta:g}; measured with eta {args.eta:g}); "
-        f"UNet timed over {args.steps_measured} calls after 1 warm-up; CPU batch default {CPU_BATCH}"
+        f"UNet timed over {args.steps_measured} calls after 1 warm-up; CPU batch default {cpu_batch_size(side)}"
     )
     facts: dict[str, Any] = {
         "model": model,

@@ -28,9 +28,9 @@ from ct2pet_node.engine.attenuation import AttenuationKvp, attenuation_map
 from ct2pet_node.engine.bridge import BridgeSchedule
 from ct2pet_node.engine.fast_paths import CompiledOrEager, GraphedCall, cuda_free_bytes, cuda_math
 from ct2pet_node.engine.options import (
-    CPU_BATCH,
     EngineOptions,
     choose_batch_sizes,
+    cpu_batch_size,
     estimate_footprint,
     resolve_options,
 )
@@ -150,6 +150,9 @@ class Pipeline:
         self.precision = None if self.options.precision == "float32" else self.options.precision
         self.schedule = BridgeSchedule.from_config(manifest.architecture["bridge"])
         self.image_size = int(manifest.architecture["image_size"])
+        # The VQGAN halves the image once per level after the first.
+        levels = len(manifest.architecture["vqgan"]["ddconfig"]["ch_mult"])
+        self.latent_side = self.image_size // 2 ** (levels - 1)
         # Sampling steps when the caller names none: the model's own sample_step.
         self.default_steps = int(self.schedule.sample_step)
         self.default_eta = float(self.schedule.eta)
@@ -208,7 +211,8 @@ class Pipeline:
             )
             auto = choose_batch_sizes(cuda_free_bytes(self.device), footprint)
         else:
-            auto = (CPU_BATCH, CPU_BATCH)
+            # Memory does not bind on a CPU host; decoding as wide as sampling keeps the cores fed.
+            auto = (cpu_batch_size(self.latent_side),) * 2
         sample = chosen[0] or auto[0]
         return sample, chosen[1] or min(auto[1], sample)
 

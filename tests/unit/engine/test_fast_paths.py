@@ -12,12 +12,15 @@ import torch
 from ct2pet_node.engine import fast_paths
 from ct2pet_node.engine.fast_paths import CompiledOrEager, GraphedCall, cuda_math
 from ct2pet_node.engine.options import (
+    CPU_BATCH,
+    CPU_MAX_BATCH,
     ERROR_BUDGET,
     MAX_BATCH,
     EngineOptions,
     ErrorBudget,
     Footprint,
     choose_batch_sizes,
+    cpu_batch_size,
     estimate_footprint,
     resolve_options,
 )
@@ -87,6 +90,21 @@ def test_batch_sizes_follow_free_memory() -> None:
     half = estimate_footprint(256, 512, 128, 2)
     assert half.sample_bytes == release.sample_bytes / 2 and half.decode_bytes == release.decode_bytes
     assert estimate_footprint(512, 512, 128, 4).decode_bytes == 4 * release.decode_bytes
+
+
+def test_cpu_batch_grows_as_the_latent_shrinks() -> None:
+    assert cpu_batch_size(64) == CPU_BATCH  # the release architecture, as measured
+    assert cpu_batch_size(32) == 8  # the demo model
+    assert cpu_batch_size(16) == CPU_MAX_BATCH  # the tiny reference model: capped
+    assert cpu_batch_size(128) == 1
+    with pytest.raises(EngineError, match="latent side 0"):
+        cpu_batch_size(0)
+
+
+def test_cpu_pipeline_decodes_as_wide_as_it_samples(tiny_weights: Path) -> None:
+    pipe = load_pipeline(tiny_weights, device="cpu")
+    assert pipe.latent_side == 16  # 64x64 images, two VQGAN downsamplings
+    assert pipe.batch_size == pipe.decode_batch_size == CPU_MAX_BATCH
 
 
 def test_error_budget() -> None:
