@@ -10,6 +10,7 @@ import os
 import re
 import socket
 import ssl
+import time
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,20 @@ class RunningScp:
             return bool(status) and int(status.Status) == 0
         finally:
             assoc.release()
+
+    def wait_idle(self, seconds: float = 20.0) -> bool:
+        """No association is active within ``seconds``, so the next one gets a slot.
+
+        A successful echo alone does not say that: its own association holds a
+        slot until its thread ends, and connections dropped by a campaign hold
+        theirs until the network timeout.
+        """
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if not self.scp._ae.active_associations:
+                return True
+            time.sleep(0.05)
+        return False
 
     def send(self, items: list[Dataset | Path]) -> list[int | None]:
         """C-STORE each item on one association; the status of each (None: no response)."""

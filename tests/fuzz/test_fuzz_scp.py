@@ -271,7 +271,8 @@ def test_mutated_pdus_never_take_the_scp_down(
 def test_the_raw_handshake_is_valid(node: RunningScp, handshake: tuple[bytes, bytes]) -> None:
     """The campaign's starting point works: without mutation it is an accepted association and an echo."""
     rq, pdata = handshake
-    assert _echo_eventually(node)  # slots held by an earlier campaign's dropped connections are free
+    assert _echo_eventually(node)
+    assert node.wait_idle()  # slots held by the echo and by dropped connections are free again
     with socket.create_connection(("127.0.0.1", node.port), timeout=5) as connection:
         connection.sendall(rq)
         accept = connection.recv(65536)
@@ -297,6 +298,7 @@ def test_memory_stays_bounded_over_the_campaigns(node: RunningScp, originals: li
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
         for _ in range(10):
+            assert node.wait_idle()  # the last association's slot is free before the next asks for one
             assert node.send([path] * 5) == [INSTANCE_TOO_LARGE] * 5
     growth = rss_kib() - before
     print(f"rss growth {growth} KiB over 50 refused 2 MiB instances; peak {peak_rss_kib()} KiB")
