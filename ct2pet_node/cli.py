@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import click
 
 from ct2pet_node import __version__
-from ct2pet_node.config import Config, load_config
+from ct2pet_node.config import ENGINE_COUNTS, ENGINE_SWITCHES, Config, load_config
 from ct2pet_node.errors import ConfigError, Ct2PetError
 from ct2pet_node.logging_setup import configure_logging
 
@@ -97,10 +97,28 @@ def config_check(config_path: Path | None) -> None:
     )
     click.echo(f"  data_dir      {config.node.data_dir}")
     click.echo(f"  weights       {config.engine.weights_dir}")
+    click.echo(f"  engine        {_engine_summary(config)}")
     click.echo(f"  output        {', '.join(config.output.series)}")
     click.echo(f"  tls           {'on' if config.security.tls_enabled else 'off'}")
     names = ", ".join(f"{d.name} ({d.ae_title}@{d.host}:{d.port})" for d in config.destinations)
     click.echo(f"  destinations  {names or 'none: results stay in data_dir'}")
+
+
+def _engine_summary(config: Config) -> str:
+    """The [engine] choices in one line; what is left open names who decides it."""
+    engine = config.engine
+    steps = engine.steps or "the model's"
+    eta = "the model's" if engine.eta is None else f"{engine.eta:g}"
+    fixed = [
+        f"{key} {getattr(engine, key)}"
+        for key in ENGINE_SWITCHES + ENGINE_COUNTS
+        if getattr(engine, key) is not None
+    ]
+    fast = ", ".join(fixed) or "the device's defaults"
+    return (
+        f"device {engine.device}, steps {steps}, eta {eta}, seed {engine.seed}, "
+        f"precision {engine.precision}, fast paths: {fast}"
+    )
 
 
 def _print_json(value: object) -> None:

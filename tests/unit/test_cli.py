@@ -67,6 +67,18 @@ def test_config_check_ok_prints_the_essentials(config_file: Path, tmp_path: Path
     assert "none: results stay in data_dir" in result.output
 
 
+def test_config_check_says_what_the_engine_leaves_open_and_what_is_fixed(tmp_path: Path) -> None:
+    path = tmp_path / "engine.toml"
+    path.write_text("[engine]\nsteps = 20\neta = 1\nbatch_size = 4\nchannels_last = false\n")
+    result = _run("config", "check", "--config", str(path))
+    assert result.exit_code == 0, result.output
+    assert "steps 20, eta 1, seed 0, precision float32" in result.output
+    assert "fast paths: channels_last False, batch_size 4" in result.output
+    embedded = _run("config", "check")
+    assert "steps the model's, eta the model's" in embedded.output
+    assert "fast paths: the device's defaults" in embedded.output
+
+
 def test_config_check_lists_every_problem_and_exits_1(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('[node]\nport = 70000\ncolour = "blue"\n[engine]\nsteps = 1\n')
