@@ -48,7 +48,7 @@ from ct2pet_node.engine import load_pipeline
 from ct2pet_node.engine.bridge import BridgeSchedule
 from ct2pet_node.engine.networks import RELEASE_CONFIG, VQGAN, SegmentationUNet, SpatialRescaler, UNet
 from ct2pet_node.engine.networks.segmentation import SegmentationArchitecture
-from ct2pet_node.engine.options import ERROR_BUDGET, EngineOptions, cpu_batch_size
+from ct2pet_node.engine.options import ERROR_BUDGET, EngineOptions, cpu_batch_size, latent_side
 from ct2pet_node.engine.pipeline import Pipeline, resolve_device
 from ct2pet_node.engine.weights import (
     RELEASE_CALIBRATION,
@@ -184,13 +184,10 @@ def make_pipeline(weights: Path | None, device: torch.device, options: EngineOpt
 def latent_geometry(architecture: Mapping[str, Any]) -> tuple[int, int, int]:
     """(latent channels, context channels, latent side in pixels) of an architecture.
 
-    The VQGAN halves the image once per ``ch_mult`` entry but the last; the UNet
-    reads the latent and the context concatenated on channels.
+    The UNet reads the latent and the context concatenated on channels.
     """
-    vqgan, unet = architecture["vqgan"], architecture["unet"]
-    latent = int(vqgan["embed_dim"])
-    downsampling = 2 ** (len(vqgan["ddconfig"]["ch_mult"]) - 1)
-    return latent, int(unet["in_channels"]) - latent, int(architecture["image_size"]) // downsampling
+    latent = int(architecture["vqgan"]["embed_dim"])
+    return latent, int(architecture["unet"]["in_channels"]) - latent, latent_side(architecture)
 
 
 def _sync(device: torch.device) -> None:

@@ -54,13 +54,12 @@ def reference_dir() -> Path:
     return REFERENCE_DIR
 
 
-@pytest.fixture(scope="session")
-def tiny_weights(reference_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny reference release imported into a weights directory (64x64 model: plumbing, not quality)."""
+def import_tiny_release(reference_dir: Path, out_root: Path) -> Path:
+    """The tiny reference release imported into ``out_root/cpdm-tiny`` (64x64 model: plumbing, not quality)."""
     from ct2pet_node.engine.weights import import_release
 
     release = reference_dir / "cpdm-tiny"
-    out_dir = tmp_path_factory.mktemp("weights") / "cpdm-tiny"
+    out_dir = out_root / "cpdm-tiny"
     import_release(
         release / "config.yaml",
         release / "cpdm.pth",
@@ -70,6 +69,12 @@ def tiny_weights(reference_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
         out_dir=out_dir,
     )
     return out_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(reference_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny reference release imported once per session (see :func:`import_tiny_release`)."""
+    return import_tiny_release(reference_dir, tmp_path_factory.mktemp("weights"))
 
 
 @pytest.fixture

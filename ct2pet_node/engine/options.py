@@ -11,7 +11,9 @@ choice is testable without a GPU. torch is not imported.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -214,6 +216,12 @@ def estimate_footprint(
     sample = 2 * 24 * latent * unet_channels * bytes_per_value
     decode = 2 * 6 * image_size**2 * vqgan_channels * max(bytes_per_value, 4)
     return Footprint(float(sample), float(decode))
+
+
+def latent_side(architecture: Mapping[str, Any]) -> int:
+    """Side in pixels of a model's square latent: the VQGAN halves the image once per level but the last."""
+    levels = len(architecture["vqgan"]["ddconfig"]["ch_mult"])
+    return int(architecture["image_size"]) // 2 ** (levels - 1)
 
 
 def cpu_batch_size(latent_side: int) -> int:

@@ -32,6 +32,7 @@ from ct2pet_node.engine.options import (
     choose_batch_sizes,
     cpu_batch_size,
     estimate_footprint,
+    latent_side,
     resolve_options,
 )
 from ct2pet_node.engine.translation import Translation
@@ -150,9 +151,7 @@ class Pipeline:
         self.precision = None if self.options.precision == "float32" else self.options.precision
         self.schedule = BridgeSchedule.from_config(manifest.architecture["bridge"])
         self.image_size = int(manifest.architecture["image_size"])
-        # The VQGAN halves the image once per level after the first.
-        levels = len(manifest.architecture["vqgan"]["ddconfig"]["ch_mult"])
-        self.latent_side = self.image_size // 2 ** (levels - 1)
+        self.latent_side = latent_side(manifest.architecture)
         # Sampling steps when the caller names none: the model's own sample_step.
         self.default_steps = int(self.schedule.sample_step)
         self.default_eta = float(self.schedule.eta)

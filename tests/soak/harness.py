@@ -254,20 +254,8 @@ def environment_problem() -> str | None:
 
 def import_tiny_weights(out_root: Path) -> Path:
     """The tiny reference release imported into ``out_root/cpdm-tiny`` (for the scripts; tests use the fixture)."""
-    from conftest import REFERENCE_DIR
+    from conftest import REFERENCE_DIR, import_tiny_release
 
-    from ct2pet_node.engine.weights import import_release
-
-    release = REFERENCE_DIR / "cpdm-tiny"
-    if not (release / "cpdm.pth").is_file():
-        sys.exit(f"the CPDM reference is not at {release}; set CT2PET_SHARED_DIR")
-    out_dir = out_root / "cpdm-tiny"
-    import_release(
-        release / "config.yaml",
-        release / "cpdm.pth",
-        release / "vqgan.ckpt",
-        release / "segmentation.ckpt",
-        release / "segmentation.json",
-        out_dir=out_dir,
-    )
-    return out_dir
+    if not (REFERENCE_DIR / "cpdm-tiny" / "cpdm.pth").is_file():
+        sys.exit(f"the CPDM reference is not at {REFERENCE_DIR / 'cpdm-tiny'}; set CT2PET_SHARED_DIR")
+    return import_tiny_release(REFERENCE_DIR, out_root)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fakes import FakeModel
 
 from ct2pet_node import app
 from ct2pet_node.config import Config, Destination, load_config
@@ -23,12 +24,7 @@ from ct2pet_node.service.admin import fetch_status
 from ct2pet_node.service.metrics import Registry
 
 
-class FakeTranslator:
-    model_id = "fake-model"
-    image_size = 64
-    output_units = "relative"
-    default_steps = 3
-    default_eta = 1.0
+class FakeTranslator(FakeModel):
     device = "cpu"
 
     def __call__(self, hu: np.ndarray, **_: object) -> np.ndarray:

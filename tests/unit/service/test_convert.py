@@ -12,6 +12,7 @@ import pydicom
 import pytest
 from click.testing import CliRunner
 from ctfactory import make_ct_series, series_uid_for
+from fakes import FakeModel
 
 from ct2pet_node.cli import main
 from ct2pet_node.config import Config, load_config
@@ -19,13 +20,7 @@ from ct2pet_node.errors import EngineError, InputError
 from ct2pet_node.service.convert import convert_folder
 
 
-class FakeTranslator:
-    model_id = "fake-model"
-    image_size = 64
-    output_units = "relative"
-    default_steps = 3
-    default_eta = 1.0
-
+class FakeTranslator(FakeModel):
     def __init__(self, value: float | None = None) -> None:
         self.value = value
         self.progress_calls: list[tuple[int, int]] = []

@@ -11,6 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 from ctfactory import make_ct_series
+from fakes import FakeModel
 
 from ct2pet_node.config import Config, Destination, load_config
 from ct2pet_node.domain.jobs import JobState
@@ -26,14 +27,8 @@ SLICES = 12
 CHUNK = 4
 
 
-class FakeTranslator:
+class FakeTranslator(FakeModel):
     """Maps HU linearly to [0, 1]; records which chunks it was asked for; may misbehave on demand."""
-
-    model_id = "fake-model"
-    image_size = 64
-    output_units = "relative"
-    default_steps = 3
-    default_eta = 1.0
 
     def __init__(self, misbehave: Callable[[int], None] | None = None) -> None:
         self.first_slices: list[int] = []
