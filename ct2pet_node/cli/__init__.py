@@ -1,0 +1,48 @@
+"""The ``ct2pet-node`` command line: every command a thin call into the package.
+
+Heavy modules (torch through the engine, pynetdicom through net/) are
+imported inside the commands that need them, so ``ct2pet-node --help`` and
+``jobs list`` start fast and never load torch.
+
+This module holds the top-level group ``main`` (the console script); each
+command group lives in a module of its own and is added to ``main`` here.
+"""
+
+from __future__ import annotations
+
+import click
+
+from ct2pet_node import __version__
+from ct2pet_node.cli import config, convert, jobs, node, training, weights
+from ct2pet_node.logging_setup import configure_logging
+
+
+@click.group()
+@click.version_option(__version__, prog_name="ct2pet-node")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="debug may show more of third-party messages; patient names and IDs are never logged by us.",
+)
+@click.option(
+    "--log-json/--log-console", default=None, help="Force the log format (default: JSON unless a TTY)."
+)
+def main(log_level: str, log_json: bool | None) -> None:
+    """A DICOM node that turns CT series into synthetic PET series (CPDM)."""
+    configure_logging(log_level, log_json)
+
+
+# The command modules stay attributes of this package (ct2pet_node.cli.jobs is the module);
+# their commands join the group here.
+main.add_command(config.config_group)
+main.add_command(node.start)
+main.add_command(node.status)
+main.add_command(node.echo)
+main.add_command(jobs.jobs)
+main.add_command(weights.weights)
+main.add_command(convert.convert)
+main.add_command(training.dataset)
+main.add_command(training.train)
+main.add_command(training.evaluate)

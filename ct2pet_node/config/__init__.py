@@ -1,0 +1,57 @@
+"""TOML configuration -> frozen, typed values, with every problem reported at once.
+
+The embedded default (``config/ct2pet-node.toml``) is always read first; a
+user file is merged over it (tables key by key, lists replaced whole), then
+the result is checked as a whole so ``config check`` can list every problem
+with its key and its fix instead of stopping at the first.
+
+``model`` holds the dataclasses, ``checks`` the problem-collecting reader,
+``node``, ``routing`` and ``engine`` one parser per table, ``load`` the
+reading and merging. Import from here: this package's names are its API.
+"""
+
+from ct2pet_node.config.load import DEFAULT_CONFIG_PATH, load_config, parse_config
+from ct2pet_node.config.model import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_RETRY_DELAYS_SECONDS,
+    ENGINE_COUNTS,
+    ENGINE_SWITCHES,
+    OUTPUT_KINDS,
+    PRECISIONS,
+    PROJECT_ROOT,
+    WEIGHTS_ROOT,
+    AdminConfig,
+    Config,
+    DeliveryConfig,
+    Destination,
+    EngineConfig,
+    NodeConfig,
+    OutputConfig,
+    RoutingConfig,
+    SecurityConfig,
+)
+from ct2pet_node.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "DEFAULT_MAX_ATTEMPTS",
+    "DEFAULT_RETRY_DELAYS_SECONDS",
+    "ENGINE_COUNTS",
+    "ENGINE_SWITCHES",
+    "OUTPUT_KINDS",
+    "PRECISIONS",
+    "PROJECT_ROOT",
+    "WEIGHTS_ROOT",
+    "AdminConfig",
+    "Config",
+    "ConfigError",
+    "DeliveryConfig",
+    "Destination",
+    "EngineConfig",
+    "NodeConfig",
+    "OutputConfig",
+    "RoutingConfig",
+    "SecurityConfig",
+    "load_config",
+    "parse_config",
+]

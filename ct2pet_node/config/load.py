@@ -1,0 +1,74 @@
+"""Reading the TOML: the embedded default first, a user file merged over it, then one check of the whole.
+
+Tables merge key by key and lists are replaced whole; every problem found
+is raised together in one ``ConfigError``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ct2pet_node.config.checks import Checker
+from ct2pet_node.config.engine import parse_engine, parse_output
+from ct2pet_node.config.model import PROJECT_ROOT, Config
+from ct2pet_node.config.node import parse_admin, parse_node, parse_security
+from ct2pet_node.config.routing import parse_delivery, parse_destinations, parse_routing
+from ct2pet_node.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = PROJECT_ROOT / "config" / "ct2pet-node.toml"
+
+
+def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: file not found; give an existing file to --config"]) from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError([f"{path}: not valid TOML ({error}); fix the syntax"]) from None
+    except OSError as error:
+        raise ConfigError([f"{path}: cannot be read ({error.strerror})"]) from None
+
+
+def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
+    """Check a merged raw configuration and return it typed, or raise one ConfigError listing all problems."""
+    check = Checker(raw)
+    known = {"node", "security", "routing", "engine", "output", "destinations", "delivery", "admin"}
+    for key in sorted(set(raw) - known):
+        check.problems.append(f"{key}: unknown table; known tables are {', '.join(sorted(known))}")
+    config = Config(
+        node=parse_node(check),
+        security=parse_security(check),
+        routing=parse_routing(check),
+        engine=parse_engine(check),
+        output=parse_output(check),
+        destinations=parse_destinations(check),
+        admin=parse_admin(check),
+        source=source,
+        delivery=parse_delivery(check),
+    )
+    if check.problems:
+        prefix = f"{source}: " if source else ""
+        raise ConfigError([prefix + problem for problem in check.problems])
+    return config
+
+
+def load_config(path: Path | None = None) -> Config:
+    """The embedded default, with ``path`` merged over it when given."""
+    raw = _read_toml(DEFAULT_CONFIG_PATH)
+    if path is not None:
+        raw = _merge(raw, _read_toml(path))
+    return parse_config(raw, source=path)

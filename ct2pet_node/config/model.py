@@ -1,0 +1,167 @@
+"""The typed values of the configuration: one frozen dataclass per TOML table, and their fixed choices.
+
+Nothing here reads a file or checks a raw value; ``checks`` and the section
+modules build these, ``load`` reads the TOML.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ct2pet_node.errors import ConfigError
+
+# ct2pet_node/config/model.py -> the repository root, which holds config/ and weights/.
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+WEIGHTS_ROOT = PROJECT_ROOT / "weights"
+OUTPUT_KINDS = ("secondary-capture", "pet")
+PRECISIONS = ("float32", "tf32", "bfloat16", "float16")
+# Fast-path switches of [engine]: absent or "auto" leaves the choice to the device's default
+# (ct2pet_node/engine/options.py), so a config moved between a GPU and a CPU host stays right.
+ENGINE_SWITCHES = ("channels_last", "compile", "cuda_graphs", "overlap")
+ENGINE_COUNTS = ("batch_size", "decode_batch_size", "threads")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    ae_title: str
+    host: str
+    port: int
+    data_dir: Path
+    min_free_mb: int
+    network_timeout_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    """Who may talk to the node, over what, and how much one instance may weigh.
+
+    Attributes
+    ----------
+    allowed_calling_ae_titles : tuple of str
+        Empty: any calling AE title may store.
+    tls_certificate, tls_private_key : Path or None
+        PEM server certificate (chain) and its key; set both to make the
+        DICOM port speak TLS only (no plain TCP fallback on that port).
+    tls_ca_certificates : Path or None
+        PEM bundle of the CAs whose client certificates are trusted.
+    require_client_certificate : bool
+        Refuse a TLS client that shows no certificate signed by those CAs.
+    max_instance_mb : int
+        Largest data set one C-STORE may carry, MiB; a larger one is
+        discarded as it arrives and answered 0xA701.
+    """
+
+    allowed_calling_ae_titles: tuple[str, ...]
+    tls_certificate: Path | None = None
+    tls_private_key: Path | None = None
+    tls_ca_certificates: Path | None = None
+    require_client_certificate: bool = False
+    max_instance_mb: int = 512
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_certificate is not None
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingConfig:
+    series_quiet_seconds: float
+    min_slices: int
+    max_gantry_tilt_degrees: float
+    slice_spacing_tolerance_mm: float
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """The ``[engine]`` table; ``None`` leaves a choice to the model (steps, eta) or the device (fast paths)."""
+
+    weights: str
+    device: str
+    steps: int
+    precision: str
+    eta: float | None
+    seed: int
+    channels_last: bool | None = None
+    compile: bool | None = None
+    cuda_graphs: bool | None = None
+    overlap: bool | None = None
+    batch_size: int | None = None
+    decode_batch_size: int | None = None
+    threads: int | None = None
+
+    @property
+    def weights_dir(self) -> Path:
+        """The weights directory: a bare name under ``weights/``, or a path (with a ``/``)."""
+        # A bare name is one of the models shipped in weights/; anything with a slash is a path.
+        if "/" not in self.weights:
+            return WEIGHTS_ROOT / self.weights
+        return Path(self.weights).expanduser()
+
+
+@dataclass(frozen=True, slots=True)
+class OutputConfig:
+    series: tuple[str, ...]
+    grid: str
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    name: str
+    ae_title: str
+    host: str
+    port: int
+
+
+# routing.delivery.DEFAULT_SCHEDULE: about 24 hours of trying before a dead letter.
+DEFAULT_RETRY_DELAYS_SECONDS: tuple[float, ...] = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+DEFAULT_MAX_ATTEMPTS = 31
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryConfig:
+    """How the sender retries and how long it waits for a destination.
+
+    Attributes
+    ----------
+    retry_delays_seconds : tuple of float
+        Delay after the 1st, 2nd, ... failed attempt, seconds; the last repeats.
+    max_attempts : int
+        Attempts before a delivery is dead-lettered (``jobs retry`` replays it).
+    connect_timeout_seconds, acse_timeout_seconds, dimse_timeout_seconds : float or None
+        Seconds to wait for the TCP connection, the association answer and a
+        C-STORE response; None takes ``[node] network_timeout_seconds``.
+    """
+
+    retry_delays_seconds: tuple[float, ...] = DEFAULT_RETRY_DELAYS_SECONDS
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    connect_timeout_seconds: float | None = None
+    acse_timeout_seconds: float | None = None
+    dimse_timeout_seconds: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    listen_host: str
+    listen_port: int
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    node: NodeConfig
+    security: SecurityConfig
+    routing: RoutingConfig
+    engine: EngineConfig
+    output: OutputConfig
+    destinations: tuple[Destination, ...]
+    admin: AdminConfig
+    source: Path | None
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+
+    def destination(self, name: str) -> Destination:
+        for destination in self.destinations:
+            if destination.name == name:
+                return destination
+        known = ", ".join(d.name for d in self.destinations) or "none configured"
+        raise ConfigError([f"[[destinations]]: no destination named {name!r} (known: {known})"])

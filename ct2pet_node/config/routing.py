@@ -1,0 +1,89 @@
+"""Where series come from and results go: ``[routing]``, ``[[destinations]]`` and ``[delivery]``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from ct2pet_node.config.checks import Checker, is_host, is_port
+from ct2pet_node.config.model import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_RETRY_DELAYS_SECONDS,
+    DeliveryConfig,
+    Destination,
+    RoutingConfig,
+)
+from ct2pet_node.domain.uids import is_valid_ae_title
+
+
+def parse_routing(check: Checker) -> RoutingConfig:
+    table = check.table("routing")
+    check.unknown_keys("[routing]", table, set(RoutingConfig.__slots__))
+    number = (int, float)
+    quiet = check.get("[routing]", table, "series_quiet_seconds", number, lambda v: v > 0, "seconds, above 0")
+    min_slices = check.get("[routing]", table, "min_slices", int, lambda v: v >= 1, "a count, 1 or more")
+    tilt = check.get(
+        "[routing]", table, "max_gantry_tilt_degrees", number, lambda v: 0 <= v < 45, "degrees, 0 to 45"
+    )
+    tolerance = check.get(
+        "[routing]", table, "slice_spacing_tolerance_mm", number, lambda v: v > 0, "millimetres, above 0"
+    )
+    return RoutingConfig(
+        series_quiet_seconds=float(quiet or 0),
+        min_slices=min_slices or 0,
+        max_gantry_tilt_degrees=float(tilt or 0),
+        slice_spacing_tolerance_mm=float(tolerance or 0),
+    )
+
+
+def parse_destinations(check: Checker) -> tuple[Destination, ...]:
+    raw = check.raw.get("destinations", [])
+    if not isinstance(raw, list):
+        check.problems.append("[[destinations]]: must be an array of tables ([[destinations]])")
+        return ()
+    destinations: list[Destination] = []
+    for index, table in enumerate(raw):
+        where = f"[[destinations]] #{index + 1}"
+        if not isinstance(table, Mapping):
+            check.problems.append(f"{where}: must be a table")
+            continue
+        check.unknown_keys(where, table, set(Destination.__slots__))
+        name = check.get(where, table, "name", str, bool, "a short unique name")
+        ae = check.get(where, table, "ae_title", str, is_valid_ae_title, "the PACS's AE title")
+        host = check.get(where, table, "host", str, is_host, "the PACS's address")
+        port = check.get(where, table, "port", int, is_port, "the PACS's DICOM port")
+        if name is not None and any(d.name == name for d in destinations):
+            check.problems.append(f"{where} name: {name!r} is used twice; names must be unique")
+        destinations.append(Destination(name=name or "", ae_title=ae or "", host=host or "", port=port or 0))
+    return tuple(destinations)
+
+
+def parse_delivery(check: Checker) -> DeliveryConfig:
+    table = check.table("delivery")
+    check.unknown_keys("[delivery]", table, set(DeliveryConfig.__slots__))
+    number = (int, float)
+    delays = check.get(
+        "[delivery]", table, "retry_delays_seconds", list, bool, "a non-empty list of seconds, e.g. [10, 60]"
+    )
+    clean: list[float] = []
+    for delay in delays or []:
+        if isinstance(delay, number) and not isinstance(delay, bool) and delay >= 0:
+            clean.append(float(delay))
+        else:
+            check.problems.append(
+                f"[delivery] retry_delays_seconds: {delay!r} is not a number of seconds >= 0"
+            )
+    attempts = check.get("[delivery]", table, "max_attempts", int, lambda v: v >= 1, "a count, 1 or more")
+    timeouts: dict[str, float | None] = {}
+    for key in ("connect_timeout_seconds", "acse_timeout_seconds", "dimse_timeout_seconds"):
+        # Optional: absent means [node] network_timeout_seconds, as before this table existed.
+        value = (
+            check.get("[delivery]", table, key, number, lambda v: v > 0, "seconds, above 0")
+            if key in table
+            else None
+        )
+        timeouts[key] = None if value is None else float(value)
+    return DeliveryConfig(
+        retry_delays_seconds=tuple(clean) or DEFAULT_RETRY_DELAYS_SECONDS,
+        max_attempts=attempts or DEFAULT_MAX_ATTEMPTS,
+        **timeouts,
+    )
