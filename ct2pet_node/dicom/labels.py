@@ -42,6 +42,9 @@ class SynthesisInfo:
         Version of ct2pet-node that wrote the output.
     output_units : PetUnits
         What the model's numbers mean; RELATIVE produces no SUV units.
+    geometry : str
+        How the CT's slices were shown to the model (orientation, field of
+        view), from :meth:`~ct2pet_node.domain.model_grid.GridMapping.describe`.
     """
 
     model_id: str
@@ -51,6 +54,7 @@ class SynthesisInfo:
     eta: float
     software_version: str
     output_units: PetUnits
+    geometry: str = ""
 
     def __post_init__(self) -> None:
         if not self.model_id.strip():
@@ -82,6 +86,9 @@ def derivation_description(info: SynthesisInfo) -> str:
         f"model {info.model_id} ({info.model_version}), {info.steps} steps, seed {info.seed}, "
         f"eta {info.eta:g}; values {units_phrase(info.output_units)}; {NOT_FOR_DIAGNOSIS}"
     )
+    if info.geometry:
+        # Last, so that the 1024-character cap can only shorten the account of the geometry.
+        text += f"; CT slices {info.geometry}"
     return text[:1024]
 
 

@@ -1,18 +1,21 @@
-"""The one conversion point between the CT's grid and the model's in-plane grid.
+"""The one conversion point from the model's grid back to the CT's.
 
+The engine hands back values on the model grid that
+:class:`~ct2pet_node.domain.model_grid.GridMapping` states (the model's
+orientation and pixel size, over a region around the CT's field of view).
 Both grids share the CT's slices (same count, same positions, same slice
-normal); only the in-plane sampling differs. The model grid covers exactly
-the CT's field of view, edge to edge: pixel edges, not pixel centres, are
-aligned, which is what ``torch.nn.functional.interpolate(align_corners=False)``
-and every image resize do. Arrays are ``(z, y, x)`` and affines map
-``(x, y, z, 1)`` voxel indices to patient LPS mm (see
-:mod:`ct2pet_node.domain.volume`).
+normal); only the in-plane sampling differs. A right-angle difference in
+orientation is an exact re-indexing, never an interpolation, so a CT stored
+feet first gets bit for bit the values of the same CT stored head first.
+Arrays are ``(z, y, x)`` and affines map ``(x, y, z, 1)`` voxel indices to
+patient LPS mm (see :mod:`ct2pet_node.domain.volume`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from ct2pet_node.domain.model_grid import image_orientation_of, orientation_op
 from ct2pet_node.domain.volume import CtVolume, PetVolume
 from ct2pet_node.errors import InputError
 
@@ -108,14 +111,40 @@ def resample_in_plane(
     """
     if values.ndim != 3:
         raise InputError(f"values must be (z, y, x), got shape {values.shape}")
+    # Resample onto the target re-indexed into the source's orientation, then undo the
+    # re-indexing: a right-angle difference never costs an interpolation.
+    op, _ = orientation_op(target_affine, target_shape, image_orientation_of(source_affine))
+    target_affine = op.apply_to_affine(target_affine, target_shape)
+    target_shape = op.applied_shape(target_shape)
     mapping = _in_plane_map(source_affine, target_affine)
     data = values.astype(np.float32, copy=False)
+    exact = _exact_copy(data, mapping, target_shape)
+    if exact is not None:
+        return np.ascontiguousarray(op.invert(exact))
     if abs(mapping[0, 1]) < 1e-9 and abs(mapping[1, 0]) < 1e-9:
         result = _separable(data, mapping, target_shape)
     else:
         result = _general(data, mapping, target_shape)
-    resampled: np.ndarray = result.astype(np.float32, copy=False)
-    return resampled
+    resampled: np.ndarray = op.invert(result.astype(np.float32, copy=False))
+    return np.ascontiguousarray(resampled)
+
+
+def _exact_copy(data: np.ndarray, mapping: np.ndarray, target_shape: tuple[int, int]) -> np.ndarray | None:
+    """The target as a plain copy when every target pixel centre is a source pixel centre."""
+    rows, columns = target_shape
+    offsets = mapping[:, 2]
+    whole = np.round(offsets)
+    if not (
+        np.allclose(mapping[:, :2], np.eye(2), atol=1e-9)
+        and np.allclose(offsets, whole, atol=1e-6)
+        and whole[0] >= 0
+        and whole[1] >= 0
+        and whole[0] + columns <= data.shape[2]
+        and whole[1] + rows <= data.shape[1]
+    ):
+        return None
+    x0, y0 = int(whole[0]), int(whole[1])
+    return data[:, y0 : y0 + rows, x0 : x0 + columns].copy()
 
 
 def _separable(data: np.ndarray, mapping: np.ndarray, target_shape: tuple[int, int]) -> np.ndarray:
@@ -153,30 +182,34 @@ def _general(data: np.ndarray, mapping: np.ndarray, target_shape: tuple[int, int
     return result
 
 
-def to_ct_grid(values: np.ndarray, model_affine: np.ndarray, ct: CtVolume) -> np.ndarray:
-    """``values`` (z, h, w) on the grid of ``model_affine``, resampled to the CT's (z, rows, columns)."""
-    if values.shape[0] != ct.hu.shape[0]:
-        raise InputError(f"values have {values.shape[0]} slices but the CT has {ct.hu.shape[0]}")
-    return resample_in_plane(values, model_affine, ct.affine, (ct.hu.shape[1], ct.hu.shape[2]))
-
-
-def pet_on_grid(pet: PetVolume, grid: str, model_size: int) -> PetVolume:
+def pet_on_grid(pet: PetVolume, grid: str) -> PetVolume:
     """The PET volume on the configured output grid (``output.grid``).
 
     Parameters
     ----------
+    pet : PetVolume
+        Values on the model grid the engine handed back (or any grid that shares the CT's slices).
     grid : str
-        ``"ct"``: the CT's own grid; ``"model"``: ``model_size`` square over
-        the CT's field of view. A volume already on that grid is returned as is.
+        ``"ct"``: resampled onto the CT's own grid, once; ``"model"``: the
+        values as they are, only re-indexed (exactly) into the CT's pixel
+        order, so the output overlays its CT as a viewer expects.
     """
     if grid not in GRIDS:
         raise InputError(f"output grid {grid!r} is unknown; use one of {GRIDS}")
     ct = pet.source
+    ct_shape = (ct.hu.shape[1], ct.hu.shape[2])
     if grid == "ct":
-        affine, shape = ct.affine, (ct.hu.shape[1], ct.hu.shape[2])
-    else:
-        affine, shape = model_grid_affine(ct, model_size), (model_size, model_size)
-    if pet.values.shape[1:] == shape and np.allclose(pet.affine, affine, atol=_SLICE_TOLERANCE):
+        if pet.values.shape[1:] == ct_shape and np.allclose(pet.affine, ct.affine, atol=_SLICE_TOLERANCE):
+            return pet
+        values = resample_in_plane(pet.values, pet.affine, ct.affine, ct_shape)
+        return PetVolume(values=values, affine=ct.affine, units=pet.units, source=ct)
+    shape = (pet.values.shape[1], pet.values.shape[2])
+    op, _ = orientation_op(pet.affine, shape, image_orientation_of(ct.affine))
+    if op.is_identity:
         return pet
-    values = resample_in_plane(pet.values, pet.affine, affine, shape)
-    return PetVolume(values=values, affine=affine, units=pet.units, source=ct)
+    return PetVolume(
+        values=np.ascontiguousarray(op.apply(pet.values)),
+        affine=op.apply_to_affine(pet.affine, shape),
+        units=pet.units,
+        source=ct,
+    )

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ct2pet_node.domain.model_grid import GridMapping, body_extent, plan_model_grid
 from ct2pet_node.engine.attenuation import AttenuationKvp, attenuation_map
 from ct2pet_node.engine.bridge import BridgeSchedule
 from ct2pet_node.engine.fast_paths import CompiledOrEager, GraphedCall, cuda_free_bytes, cuda_math
@@ -116,6 +117,8 @@ class Pipeline:
     schedule : BridgeSchedule
     image_size : int
         Square slice size the model works at, pixels.
+    frame : ModelFrame
+        Orientation and pixel size of the model's training slices.
     options : ResolvedOptions
         The fast paths taken (see :mod:`ct2pet_node.engine.options`).
     batch_size, decode_batch_size : int
@@ -151,6 +154,7 @@ class Pipeline:
         self.precision = None if self.options.precision == "float32" else self.options.precision
         self.schedule = BridgeSchedule.from_config(manifest.architecture["bridge"])
         self.image_size = int(manifest.architecture["image_size"])
+        self.frame = manifest.frame
         self.latent_side = latent_side(manifest.architecture)
         # Sampling steps when the caller names none: the model's own sample_step.
         self.default_steps = int(self.schedule.sample_step)
@@ -328,7 +332,9 @@ class Pipeline:
         return torch.stack(per_slice).to(like.device)
 
     # --- numpy in, numpy out --------------------------------------------------------------------
-    def _resize(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    @staticmethod
+    def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(B, C, H, W) resized edge to edge to ``size`` (bilinear; antialiased when shrinking)."""
         if tuple(images.shape[-2:]) == size:
             return images
         shrinking = size[0] < images.shape[-2] or size[1] < images.shape[-1]
@@ -358,22 +364,26 @@ class Pipeline:
         broken = ~torch.isfinite(latent).flatten(1).all(dim=1)
         return torch.where(broken[:, None, None, None], torch.nan, self.decode(latent))
 
-    def __call__(
+    def translate_region(
         self,
-        hu: np.ndarray,
+        region_hu: np.ndarray,
         kvp: float | None = None,
         steps: int | None = None,
         eta: float | None = None,
         seed: int | None = None,
         progress: Progress | None = None,
         first_slice_index: int = 0,
+        out_shape: tuple[int, int] | None = None,
     ) -> np.ndarray:
-        """Translate CT slices to synthetic PET.
+        """Translate the regions of CT slices that cover the model's field of view.
 
         Parameters
         ----------
-        hu : numpy.ndarray
-            (N, H, W) CT in Hounsfield units; resized to the model size and back when needed.
+        region_hu : numpy.ndarray
+            (N, H, W) CT in Hounsfield units, already in the model's
+            orientation and spanning its field of view
+            (:meth:`~ct2pet_node.domain.model_grid.GridMapping.to_region`);
+            resized here to the model's matrix, edge to edge.
         kvp : float, optional
             The CT's KVP tag; used only when the model's kVp policy is ``from_ct``.
         steps, eta : optional
@@ -384,17 +394,20 @@ class Pipeline:
         progress : callable, optional
             ``progress(done_units, total_units)``, one unit per slice per sampling step.
         first_slice_index : int
-            Index of ``hu[0]`` in its whole volume: translating a volume in
-            chunks with the right offsets gives exactly the noise, and so the
+            Index of ``region_hu[0]`` in its whole volume: translating a volume
+            in chunks with the right offsets gives exactly the noise, and so the
             output, of translating it at once (the engine worker's checkpoints
             rely on this).
+        out_shape : tuple of int, optional
+            Resize the result to (H, W) before the output units are applied;
+            default: the model grid, (N, image_size, image_size).
 
         Returns
         -------
         numpy.ndarray
-            (N, H, W) float32 PET in ``self.output_units``.
+            float32 PET in ``self.output_units``.
         """
-        hu = np.asarray(hu)
+        hu = np.asarray(region_hu)
         if hu.ndim != 3 or hu.shape[0] == 0:
             raise EngineError(
                 f"CT array of shape {hu.shape} is not (N, H, W) slices; pass a (z, y, x) volume"
@@ -408,6 +421,7 @@ class Pipeline:
             seed=secrets.randbits(63) if seed is None else int(seed),
             first_slice_index=first_slice_index,
             progress=progress,
+            out_shape=out_shape,
         )
         log.info("translation_started", slices=hu.shape[0], kvp=run.kvp, steps=steps, device=str(self.device))
         with (
@@ -415,6 +429,69 @@ class Pipeline:
             cuda_math(self.device, self.options.precision, benchmark=not self.options.exact),
         ):
             return run.execute()
+
+    def grid_mapping(self, hu: np.ndarray, pixel_spacing: tuple[float, float]) -> GridMapping:
+        """How bare slices (N, H, W) with (row, column) ``pixel_spacing`` in mm reach this model.
+
+        Bare arrays carry no orientation: they are taken to be in the model's already.
+        """
+        row_spacing, column_spacing = (float(v) for v in pixel_spacing)
+        orientation = self.frame.image_orientation
+        affine = np.eye(4)
+        affine[:3, 0] = np.array(orientation[:3]) * column_spacing
+        affine[:3, 1] = np.array(orientation[3:]) * row_spacing
+        affine[:3, 2] = np.cross(orientation[:3], orientation[3:])
+        return plan_model_grid(affine, (hu.shape[1], hu.shape[2]), self.frame, body_extent(hu))
+
+    def __call__(
+        self,
+        hu: np.ndarray,
+        kvp: float | None = None,
+        steps: int | None = None,
+        eta: float | None = None,
+        seed: int | None = None,
+        progress: Progress | None = None,
+        first_slice_index: int = 0,
+        pixel_spacing: tuple[float, float] | None = None,
+    ) -> np.ndarray:
+        """Translate CT slices to synthetic PET on the slices' own grid.
+
+        Parameters
+        ----------
+        hu : numpy.ndarray
+            (N, H, W) CT in Hounsfield units, in the model's orientation.
+        pixel_spacing : tuple of float, optional
+            (row, column) spacing of ``hu`` in mm. Given, each slice is shown
+            to the model at its training pixel size (padded with air or
+            cropped around the centre, see :meth:`grid_mapping`); omitted,
+            the whole slice is resized to the model's matrix, whatever its
+            field of view.
+
+        Other parameters are those of :meth:`translate_region`.
+
+        Returns
+        -------
+        numpy.ndarray
+            (N, H, W) float32 PET in ``self.output_units``.
+        """
+        hu = np.asarray(hu)
+        if hu.ndim != 3 or hu.shape[0] == 0:
+            raise EngineError(
+                f"CT array of shape {hu.shape} is not (N, H, W) slices; pass a (z, y, x) volume"
+            )
+        options = {"kvp": kvp, "steps": steps, "eta": eta, "seed": seed, "progress": progress}
+        if pixel_spacing is None:
+            return self.translate_region(
+                hu, first_slice_index=first_slice_index, out_shape=(hu.shape[1], hu.shape[2]), **options
+            )
+        mapping = self.grid_mapping(hu, pixel_spacing)
+        on_region = self.translate_region(
+            mapping.to_region(hu),
+            first_slice_index=first_slice_index,
+            out_shape=mapping.region_shape,
+            **options,
+        )
+        return mapping.from_region(on_region)
 
 
 def load_pipeline(

@@ -37,6 +37,12 @@ def slice_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]
 class Translation:
     """One call of a :class:`Pipeline`: batching, padding, overlap and out-of-memory back-off.
 
+    ``ct01`` is the region of the CT that covers the model's field of view
+    (:class:`~ct2pet_node.domain.model_grid.GridMapping`), resized here to
+    the model's matrix. The result is on the model grid, or, when
+    ``out_shape`` is given, resized back to it before the output units are
+    applied (the bare-array API of :meth:`Pipeline.__call__`).
+
     Without ``overlap`` each batch is uploaded, translated and finished in
     turn (the exact path). With it, a helper thread prepares the next batch
     (resize and attenuation map on the CPU, upload) and finishes the previous
@@ -51,14 +57,16 @@ class Translation:
     seed: int
     first_slice_index: int
     progress: Progress | None
+    out_shape: tuple[int, int] | None = None
     out: np.ndarray = field(init=False)
     total: int = field(init=False, default=0)
     done: int = field(init=False, default=0)
 
     def execute(self) -> np.ndarray:
-        """(N, H, W) float32 PET in output units."""
+        """(N, S, S) float32 PET in output units on the model grid, or (N, *out_shape)."""
         pipe, count = self.pipe, self.ct01.shape[0]
-        self.out = np.empty(self.ct01.shape, dtype=np.float32)
+        shape = self.out_shape or (pipe.image_size, pipe.image_size)
+        self.out = np.empty((count, *shape), dtype=np.float32)
         self.total = count * len(pipe.schedule.timesteps(self.steps))
         overlap = pipe.options.overlap
         pool = ThreadPoolExecutor(1, thread_name_prefix="engine-overlap") if overlap else None
@@ -101,7 +109,7 @@ class Translation:
         pipe = self.pipe
         with torch.inference_mode():
             ct01 = torch.from_numpy(self.ct01[batch.start : batch.stop, None])
-            ct01 = pipe._resize(ct01, (pipe.image_size, pipe.image_size))
+            ct01 = pipe.resize(ct01, (pipe.image_size, pipe.image_size))
             attenuation = pipe.attenuation_map(ct01, self.kvp)
             if pipe.device.type == "cuda":
                 ct01 = ct01.pin_memory().to(pipe.device, non_blocking=True)
@@ -111,7 +119,7 @@ class Translation:
         pipe, real = self.pipe, len(batch)
         if prepared is None:
             ct01 = torch.from_numpy(self.ct01[batch.start : batch.stop, None]).to(pipe.device)
-            ct01, attenuation = pipe._resize(ct01, (pipe.image_size, pipe.image_size)), None
+            ct01, attenuation = pipe.resize(ct01, (pipe.image_size, pipe.image_size)), None
         else:
             ct01, attenuation = prepared
         first = batch.start + self.first_slice_index
@@ -144,11 +152,12 @@ class Translation:
         return host, event
 
     def _finish(self, batch: range, pet: torch.Tensor, event: Any = None) -> None:
-        """Back to the CT's grid and output units; refuses non-finite values."""
+        """To output units (after resizing to ``out_shape``, if given); refuses non-finite values."""
         with torch.inference_mode():
             if event is not None:
                 event.synchronize()
-            pet = self.pipe._resize(pet, self.ct01.shape[1:])
+            if self.out_shape is not None:
+                pet = self.pipe.resize(pet, self.out_shape)
             values = pet[:, 0].float().cpu().numpy()
         if not np.isfinite(values).all():
             raise EngineError(

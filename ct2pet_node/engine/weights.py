@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import structlog
 
-from ct2pet_node.errors import WeightsError
+from ct2pet_node.domain.model_grid import ModelFrame
+from ct2pet_node.errors import InputError, WeightsError
 
 if TYPE_CHECKING:
     import torch
@@ -108,6 +109,15 @@ class WeightsManifest:
     created_by: str = ""
     created_at: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # Not part of the model id: it says what the training data looked like, not what the weights are.
+    geometry: ModelFrame | None = None
+
+    @property
+    def frame(self) -> ModelFrame:
+        """The in-plane geometry of the training slices; the release's assumed one when unstated."""
+        if self.geometry is not None:
+            return self.geometry
+        return ModelFrame.release_default(int(self.architecture["image_size"]))
 
     @property
     def ct_scaling(self) -> CtScaling:
@@ -140,6 +150,7 @@ class WeightsManifest:
             "created_by": self.created_by,
             "created_at": self.created_at,
             "extra": self.extra,
+            **({"geometry": self.geometry.to_json()} if self.geometry is not None else {}),
         }
 
 
@@ -216,7 +227,10 @@ def _manifest_from_json(data: Any, path: Path) -> WeightsManifest:
             created_by=str(data.get("created_by", "")),
             created_at=str(data.get("created_at", "")),
             extra=dict(data.get("extra") or {}),
+            geometry=ModelFrame.from_json(data["geometry"]) if data.get("geometry") else None,
         )
+    except InputError as exc:
+        raise WeightsError(f"{path}: {exc}; fix its 'geometry' or re-import the weights") from exc
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise WeightsError(f"{path} is not a ct2pet-node weights manifest (bad or missing {exc})") from exc
 
@@ -276,6 +290,7 @@ def save_weights(
     model_id_prefix: str,
     sources: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    geometry: ModelFrame | None = None,
     overwrite: bool = False,
 ) -> WeightsManifest:
     """Write a weights directory atomically: files go to a sibling folder renamed at the end.
@@ -298,6 +313,9 @@ def save_weights(
         Human prefix of the model id, e.g. ``"cpdm-release"``.
     sources, extra : Mapping, optional
         Provenance of imported files (name -> sha256 ...) and free-form extras.
+    geometry : ModelFrame, optional
+        Orientation and pixel size of the training slices (see
+        :mod:`ct2pet_node.domain.model_grid`); unstated means the release's assumed 500 mm.
     """
     from safetensors.torch import save_file
 
@@ -336,6 +354,7 @@ def save_weights(
             created_by=_created_by(),
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             extra=json.loads(json.dumps(dict(extra or {}))),
+            geometry=geometry,
         )
         _write_atomic_json(staging / MANIFEST_NAME, manifest.to_json())
         if out_dir.exists():

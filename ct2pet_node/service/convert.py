@@ -18,7 +18,7 @@ from ct2pet_node.config import Config
 from ct2pet_node.dicom.volume import build_ct_volume, scan_folder
 from ct2pet_node.errors import EngineError, InputError, SeriesRefused
 from ct2pet_node.routing.qualify import qualify_series
-from ct2pet_node.service.synthesis import Sampling, WrittenSeries, write_outputs
+from ct2pet_node.service.synthesis import Sampling, WrittenSeries, map_to_model, write_outputs
 from ct2pet_node.service.worker import Translator
 
 log = structlog.get_logger(__name__)
@@ -57,8 +57,15 @@ def convert_folder(
             results.append(ConvertResult(series_uid, len(headers), (), str(refusal)))
             continue
         callback = progress(series_uid, ct.hu.shape[0]) if progress else None
-        values = translator(
-            ct.hu, kvp=ct.kvp, steps=sampling.steps, eta=sampling.eta, seed=sampling.seed, progress=callback
+        mapping = map_to_model(ct, translator.frame)
+        log.info("model_grid_mapped", series_uid=series_uid, geometry=mapping.describe())
+        values = translator.translate_region(
+            mapping.to_region(ct.hu),
+            kvp=ct.kvp,
+            steps=sampling.steps,
+            eta=sampling.eta,
+            seed=sampling.seed,
+            progress=callback,
         )
         if not np.all(np.isfinite(values)):
             raise EngineError(
@@ -69,9 +76,9 @@ def convert_folder(
         written = write_outputs(
             ct,
             values,
+            mapping,
             model_id=translator.model_id,
             output_units=translator.output_units,
-            image_size=translator.image_size,
             sampling=sampling,
             output=config.output,
             reference_header=reference,

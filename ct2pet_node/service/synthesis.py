@@ -12,6 +12,7 @@ from ct2pet_node.config import EngineConfig, OutputConfig
 from ct2pet_node.dicom.labels import SynthesisInfo
 from ct2pet_node.dicom.resample import pet_on_grid
 from ct2pet_node.dicom.writer import write_pet_series
+from ct2pet_node.domain.model_grid import GridMapping, ModelFrame, body_extent, plan_model_grid
 from ct2pet_node.domain.output_uids import output_series_uid
 from ct2pet_node.domain.volume import CtVolume, PetUnits, PetVolume
 
@@ -43,27 +44,35 @@ class WrittenSeries:
     paths: tuple[Path, ...]
 
 
+def map_to_model(ct: CtVolume, frame: ModelFrame) -> GridMapping:
+    """How this CT's slices reach the model: its orientation, its pixel size, and its body's width."""
+    return plan_model_grid(ct.affine, (ct.hu.shape[1], ct.hu.shape[2]), frame, body_extent(ct.hu))
+
+
 def write_outputs(
     ct: CtVolume,
     values: np.ndarray,
+    mapping: GridMapping,
     *,
     model_id: str,
     output_units: str,
-    image_size: int,
     sampling: Sampling,
     output: OutputConfig,
     reference_header: Path,
     out_root: Path,
 ) -> list[WrittenSeries]:
-    """Write ``values`` (z, y, x on the CT's grid, in ``output_units``) as every configured output kind.
+    """Write the engine's ``values`` as every configured output kind.
 
-    Files go to ``out_root/<kind>/``; each kind's series UID derives from the
-    CT series, the model and the kind, so writing again replaces, never adds.
+    ``values`` are (z, matrix, matrix) on the model grid of ``mapping``, in
+    ``output_units``; they reach the CT's grid by one resampling when
+    ``output.grid`` is ``"ct"``, and by an exact re-indexing into the CT's
+    pixel order when it is ``"model"``. Files go to ``out_root/<kind>/``;
+    each kind's series UID derives from the CT series, the model and the
+    kind, so writing again replaces, never adds.
     """
     units = PetUnits(output_units)
-    pet = pet_on_grid(
-        PetVolume(values=values, affine=ct.affine, units=units, source=ct), output.grid, image_size
-    )
+    on_model_grid = PetVolume(values=values, affine=mapping.model_affine, units=units, source=ct)
+    pet = pet_on_grid(on_model_grid, output.grid)
     info = SynthesisInfo(
         model_id=model_id,
         model_version=model_id,
@@ -72,6 +81,7 @@ def write_outputs(
         eta=sampling.eta,
         software_version=__version__,
         output_units=units,
+        geometry=mapping.describe(),
     )
     written: list[WrittenSeries] = []
     for kind in output.series:

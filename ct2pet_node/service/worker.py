@@ -29,12 +29,13 @@ from ct2pet_node.config import Config
 from ct2pet_node.dicom.headers import read_slice_header
 from ct2pet_node.dicom.volume import build_ct_volume
 from ct2pet_node.domain.jobs import Job, JobState
+from ct2pet_node.domain.model_grid import GridMapping, ModelFrame
 from ct2pet_node.domain.volume import CtVolume
 from ct2pet_node.errors import Ct2PetError, EngineError, SeriesRefused
 from ct2pet_node.routing.qualify import qualify_series
 from ct2pet_node.service.metrics import Registry
 from ct2pet_node.service.queue import EngineQueue
-from ct2pet_node.service.synthesis import Sampling, WrittenSeries, write_outputs
+from ct2pet_node.service.synthesis import Sampling, WrittenSeries, map_to_model, write_outputs
 from ct2pet_node.spool.atomic import atomic_write, ensure_private_dir
 from ct2pet_node.spool.jobstore import JobStore
 
@@ -55,17 +56,20 @@ class Translator(Protocol):
     output_units: str
     default_steps: int
     default_eta: float
+    frame: ModelFrame
 
-    def __call__(
+    def translate_region(
         self,
-        hu: np.ndarray,
+        region_hu: np.ndarray,
         kvp: float | None = None,
         steps: int | None = None,
         eta: float | None = None,
         seed: int | None = None,
         progress: Callable[[int, int], None] | None = None,
         first_slice_index: int = 0,
-    ) -> np.ndarray: ...
+    ) -> np.ndarray:
+        """(N, H, W) CT regions in HU (:meth:`GridMapping.to_region`) -> (N, S, S) on the model grid."""
+        ...
 
 
 class StopRequested(Exception):
@@ -197,8 +201,12 @@ class EngineWorker:
 
     def _process(self, job: Job) -> JobState:
         ct = self._load_volume(job)
+        mapping = map_to_model(ct, self.translator.frame)
+        log.info(
+            "model_grid_mapped", job_id=job.id, geometry=mapping.describe(), scale=round(mapping.scale, 4)
+        )
         started = time.monotonic()
-        values, reused = self._translate(job.id, ct)
+        values, reused = self._translate(job.id, ct, mapping)
         elapsed = time.monotonic() - started
         translated = ct.hu.shape[0] - reused
         self.metrics.engine_seconds.inc(elapsed)
@@ -210,7 +218,7 @@ class EngineWorker:
             reused_slices=reused,
             seconds=round(elapsed, 2),
         )
-        written = self._write(job, ct, values)
+        written = self._write(job, ct, values, mapping)
         self.store.set_output_series_uids(job.id, [series.series_uid for series in written])
         paths = [path for series in written for path in series.paths]
         results_dir = self.results_root / str(job.id)
@@ -221,13 +229,16 @@ class EngineWorker:
                 JobState.DONE,
                 None,
                 results_dir=str(results_dir),
+                geometry=mapping.describe(),
                 delivery="no destination configured: results stay in results_dir",
             )
             return JobState.DONE
         # SENDING is persisted before the files reach the outbox: the sender may deliver them and
         # move the job to DONE before submit() even returns. A crash in between is settled by
         # the composition root's reconcile_sending on the next start.
-        self.store.set_state(job.id, JobState.SENDING, None, results_dir=str(results_dir))
+        self.store.set_state(
+            job.id, JobState.SENDING, None, results_dir=str(results_dir), geometry=mapping.describe()
+        )
         if not self._submit(job.id, paths):
             self.store.transition(
                 job.id,
@@ -243,12 +254,13 @@ class EngineWorker:
         headers = [read_slice_header(record.path) for record in self.store.instances_of(job.series_uid)]
         return build_ct_volume(qualify_series(headers, self.config.routing))
 
-    def _translate(self, job_id: int, ct: CtVolume) -> tuple[np.ndarray, int]:
-        """The PET values (z, y, x) for the CT volume, and how many slices came from checkpoints."""
-        count = ct.hu.shape[0]
+    def _translate(self, job_id: int, ct: CtVolume, mapping: GridMapping) -> tuple[np.ndarray, int]:
+        """The PET values (z, S, S) on the model grid, and how many slices came from checkpoints."""
+        region = mapping.to_region(ct.hu)
+        count, size = region.shape[0], mapping.matrix
         work = self.work_root / str(job_id)
-        key = self._checkpoint_key(ct)
-        out = np.empty(ct.hu.shape, dtype=np.float32)
+        key = self._checkpoint_key(ct, mapping)
+        out = np.empty((count, size, size), dtype=np.float32)
         reused = 0
         ensure_private_dir(work)
         for start in range(0, count, self.chunk_slices):
@@ -260,8 +272,8 @@ class EngineWorker:
                 continue
             if self._stop.is_set():
                 raise StopRequested
-            out[start:stop] = self.translator(
-                ct.hu[start:stop],
+            out[start:stop] = self.translator.translate_region(
+                region[start:stop],
                 kvp=ct.kvp,
                 steps=self.sampling.steps,
                 eta=self.sampling.eta,
@@ -276,21 +288,24 @@ class EngineWorker:
             log.info("chunk_checkpointed", job_id=job_id, first_slice=start, slices=stop - start)
         return out, reused
 
-    def _checkpoint_key(self, ct: CtVolume) -> str:
-        # A checkpoint is only reused for the same model and sampling settings.
-        text = f"{self.translator.model_id}|{self.sampling}|{ct.hu.shape}|{ct.series_uid}|{self.chunk_slices}"
+    def _checkpoint_key(self, ct: CtVolume, mapping: GridMapping) -> str:
+        # A checkpoint is only reused for the same model, sampling settings and model grid.
+        text = (
+            f"{self.translator.model_id}|{self.sampling}|{ct.hu.shape}|{ct.series_uid}|{self.chunk_slices}"
+            f"|{mapping.op}|{mapping.rows}|{mapping.columns}"
+        )
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-    def _write(self, job: Job, ct: CtVolume, values: np.ndarray) -> list[WrittenSeries]:
+    def _write(self, job: Job, ct: CtVolume, values: np.ndarray, mapping: GridMapping) -> list[WrittenSeries]:
         first_source = ct.sources[0].sop_instance_uid
         records = self.store.instances_of(job.series_uid)
         reference = next(r.path for r in records if r.sop_instance_uid == first_source)
         return write_outputs(
             ct,
             values,
+            mapping,
             model_id=self.translator.model_id,
             output_units=self.translator.output_units,
-            image_size=self.translator.image_size,
             sampling=self.sampling,
             output=self.config.output,
             reference_header=reference,

@@ -27,7 +27,7 @@ from ct2pet_node.service.metrics import Registry
 class FakeTranslator(FakeModel):
     device = "cpu"
 
-    def __call__(self, hu: np.ndarray, **_: object) -> np.ndarray:
+    def translate_region(self, hu: np.ndarray, **_: object) -> np.ndarray:
         return np.zeros(hu.shape, dtype=np.float32)
 
 

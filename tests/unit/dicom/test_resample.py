@@ -3,7 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ct2pet_node.dicom.resample import model_grid_affine, pet_on_grid, resample_in_plane, to_ct_grid
+from ct2pet_node.dicom.resample import model_grid_affine, pet_on_grid, resample_in_plane
+from ct2pet_node.domain.model_grid import ALL_OPS, ModelFrame, plan_model_grid
 from ct2pet_node.domain.volume import CtVolume, PetUnits, PetVolume, SourceSlice
 from ct2pet_node.errors import InputError
 
@@ -70,7 +71,7 @@ def test_linear_field_is_reproduced_on_the_ct_grid(oblique: bool) -> None:
     ct = make_ct(oblique=oblique)
     model = model_grid_affine(ct, 8)
     values = np.repeat(linear(centres(model, 8, 8))[None], 3, axis=0)
-    result = to_ct_grid(values, model, ct)
+    result = resample_in_plane(values, model, ct.affine, (32, 32))
     expected = linear(centres(ct.affine, 32, 32))
     # Bilinear is exact for a linear field wherever no edge clamping happens:
     # the CT pixels inside the model's outermost centres (2 CT pixels in).
@@ -84,7 +85,7 @@ def test_round_trip_model_to_ct_to_model_keeps_smooth_values() -> None:
     model = model_grid_affine(ct, 16)
     points = centres(model, 16, 16)
     values = np.sin(points[..., 0] / 6.0).astype(np.float32)[None].repeat(3, axis=0)
-    there = to_ct_grid(values, model, ct)
+    there = resample_in_plane(values, model, ct.affine, (32, 32))
     back = resample_in_plane(there, ct.affine, model, (16, 16))
     np.testing.assert_allclose(back[:, 1:-1, 1:-1], values[:, 1:-1, 1:-1], atol=0.02)
 
@@ -112,23 +113,47 @@ def test_grids_with_other_slices_are_refused() -> None:
     other[2, 3] += 1.0
     with pytest.raises(InputError, match="share their slices"):
         resample_in_plane(np.ones((3, 32, 32), np.float32), ct.affine, other, (32, 32))
-    with pytest.raises(InputError, match="slices"):
-        to_ct_grid(np.ones((2, 8, 8), np.float32), model_grid_affine(ct, 8), ct)
 
 
-def test_pet_on_grid_moves_between_grids_and_keeps_a_volume_already_there() -> None:
+def test_pet_on_grid_resamples_to_the_ct_once_and_keeps_the_model_grid_as_it_is() -> None:
     ct = make_ct()
-    pet = PetVolume(np.ones((3, 32, 32), np.float32), ct.affine.copy(), PetUnits.SUVBW, ct)
-    assert pet_on_grid(pet, "ct", 16) is pet
-    on_model = pet_on_grid(pet, "model", 16)
-    assert on_model.values.shape == (3, 16, 16)
-    np.testing.assert_allclose(on_model.affine, model_grid_affine(ct, 16))
-    np.testing.assert_allclose(on_model.values, 1.0)
-    back = pet_on_grid(on_model, "ct", 16)
-    assert back.values.shape == (3, 32, 32)
-    np.testing.assert_allclose(back.affine, ct.affine)
+    mapping = plan_model_grid(ct.affine, (32, 32), ModelFrame(16, 1.4))
+    values = np.random.default_rng(1).random((3, 16, 16)).astype(np.float32)
+    on_model = PetVolume(values, mapping.model_affine, PetUnits.SUVBW, ct)
+    # "model": the engine's values themselves, not a copy resampled from somewhere else.
+    assert pet_on_grid(on_model, "model") is on_model
+    on_ct = pet_on_grid(on_model, "ct")
+    assert on_ct.values.shape == (3, 32, 32)
+    np.testing.assert_allclose(on_ct.affine, ct.affine)
+    np.testing.assert_array_equal(
+        on_ct.values, resample_in_plane(values, mapping.model_affine, ct.affine, (32, 32))
+    )
+    assert pet_on_grid(on_ct, "ct") is on_ct
     with pytest.raises(InputError, match="grid"):
-        pet_on_grid(pet, "native", 16)
+        pet_on_grid(on_model, "native")
+
+
+@pytest.mark.parametrize("op", ALL_OPS, ids=lambda op: op.describe())
+def test_model_grid_output_is_reindexed_exactly_into_the_cts_pixel_order(op) -> None:  # type: ignore[no-untyped-def]
+    # A CT stored in any right-angle orientation: the model sees it re-indexed, and the output
+    # on the model grid comes back in the CT's own order, overlaying it, without interpolation.
+    base = make_ct(rows=32, columns=32, n=2)
+    stored_affine = op.apply_to_affine(base.affine, (32, 32))
+    ct = CtVolume(
+        np.zeros((2, 32, 32), np.float32),
+        stored_affine,
+        base.study_uid,
+        base.series_uid,
+        base.frame_of_reference_uid,
+        base.sources,
+        base.kvp,
+    )
+    mapping = plan_model_grid(ct.affine, (32, 32), ModelFrame(32, 0.8))
+    values = np.random.default_rng(2).random((2, 32, 32)).astype(np.float32)
+    written = pet_on_grid(PetVolume(values, mapping.model_affine, PetUnits.SUVBW, ct), "model")
+    # The model grid is in the head-first-supine order of ``base``; the CT is stored as ``op`` of it.
+    np.testing.assert_array_equal(written.values, op.apply(values))
+    np.testing.assert_allclose(written.affine, op.apply_to_affine(mapping.model_affine, (32, 32)), atol=1e-9)
 
 
 def test_swapped_axes_transpose_each_slice() -> None:
@@ -138,8 +163,9 @@ def test_swapped_axes_transpose_each_slice() -> None:
     swapped = square.copy()
     swapped[:, [0, 1]] = square[:, [1, 0]]
     values = np.random.default_rng(5).random((2, 32, 32)).astype(np.float32)
-    np.testing.assert_allclose(
-        resample_in_plane(values, square, swapped, (32, 32)), values.transpose(0, 2, 1), atol=1e-6
+    # A right-angle difference is a re-indexing: exact, not merely close.
+    np.testing.assert_array_equal(
+        resample_in_plane(values, square, swapped, (32, 32)), values.transpose(0, 2, 1)
     )
 
 

@@ -11,6 +11,7 @@ from pydicom.dataset import Dataset
 
 from ct2pet_node.dicom.resample import pet_on_grid
 from ct2pet_node.dicom.writer import SynthesisInfo, write_pet_series
+from ct2pet_node.domain.model_grid import ModelFrame, plan_model_grid
 from ct2pet_node.domain.output_uids import output_series_uid, output_sop_instance_uid
 from ct2pet_node.domain.volume import CtVolume, PetUnits, PetVolume, SourceSlice
 from ct2pet_node.errors import InputError
@@ -204,7 +205,9 @@ def test_a_retry_rewrites_the_same_files_and_leaves_no_temporaries(ct_case, tmp_
 
 def test_model_grid_output_keeps_the_ct_slice_positions(ct_case, tmp_path: Path) -> None:
     ct, header = ct_case
-    pet = pet_on_grid(PetVolume(pet_values(*ct.hu.shape), ct.affine.copy(), PetUnits.SUVBW, ct), "model", 8)
+    mapping = plan_model_grid(ct.affine, (ct.hu.shape[1], ct.hu.shape[2]), ModelFrame(8, 0.9 * 2))
+    values = pet_values(ct.hu.shape[0], 8, 8)
+    pet = pet_on_grid(PetVolume(values, mapping.model_affine, PetUnits.SUVBW, ct), "model")
     paths = write_pet_series(pet, "pet", info_for(), header, tmp_path, now=NOW)
     for index, path in enumerate(paths):
         ds = pydicom.dcmread(path)
@@ -267,3 +270,42 @@ def test_real_sample_headers_are_copied_and_positions_kept(sample_dir: Path, tmp
                     ct.sources[index].position
                 )
                 assert ds.FrameOfReferenceUID == header.FrameOfReferenceUID
+
+
+FEET_FIRST_SUPINE = (-1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+
+
+@pytest.mark.parametrize("grid", ["model", "ct"])
+def test_pet_of_a_feet_first_series_lies_on_the_cts_geometry(tmp_path: Path, grid: str) -> None:
+    def feet_first(_: int, ds: Dataset) -> None:
+        ds.PatientPosition = "FFS"
+
+    paths = make_ct_series(
+        tmp_path / "ct", n=4, rows=16, cols=16, step=2.5, orientation=FEET_FIRST_SUPINE, mutate=feet_first
+    )
+    ct, header = volume_from_files(paths)
+    mapping = plan_model_grid(ct.affine, (16, 16), ModelFrame(8, 0.9 * 2))
+    assert mapping.op.flip_columns and not mapping.op.transpose
+    values = pet_values(4, 8, 8)
+    pet = pet_on_grid(PetVolume(values, mapping.model_affine, PetUnits.SUVBW, ct), grid)
+    written = write_pet_series(pet, "pet", info_for(), paths[0], tmp_path / "out", now=NOW)
+    size = 8 if grid == "model" else 16
+    for index, path in enumerate(written):
+        ds = pydicom.dcmread(path)
+        assert (ds.Rows, ds.Columns) == (size, size)
+        assert ds.FrameOfReferenceUID == ct.frame_of_reference_uid
+        assert [float(v) for v in ds.ImageOrientationPatient] == pytest.approx(list(FEET_FIRST_SUPINE))
+        assert [float(v) for v in ds.ImagePositionPatient] == pytest.approx(
+            list(pet.affine @ (0, 0, index, 1))[:3]
+        )
+        # The output's field of view is the CT's: its first and last pixel edges are the CT's.
+        for corner in ((-0.5, -0.5), (size - 0.5, size - 0.5)):
+            ct_corner = tuple((c + 0.5) * 16 / size - 0.5 for c in corner)
+            np.testing.assert_allclose(
+                pet.affine @ (*corner, index, 1), ct.affine @ (*ct_corner, index, 1), atol=1e-6
+            )
+        modifier = ds.PatientOrientationCodeSequence[0].PatientOrientationModifierCodeSequence[0]
+        assert modifier.CodeMeaning == "supine"
+    if grid == "model":
+        # The model saw the slice mirrored into head-first order; its output comes back mirrored.
+        np.testing.assert_array_equal(pet.values, values[:, :, ::-1])

@@ -25,7 +25,7 @@ class FakeTranslator(FakeModel):
         self.value = value
         self.progress_calls: list[tuple[int, int]] = []
 
-    def __call__(
+    def translate_region(
         self,
         hu: np.ndarray,
         kvp: float | None = None,

@@ -36,7 +36,7 @@ class FakeTranslator(FakeModel):
         self.states_seen: list[JobState] = []
         self.store: JobStore | None = None
 
-    def __call__(
+    def translate_region(
         self,
         hu: np.ndarray,
         kvp: float | None = None,
@@ -174,8 +174,8 @@ def _raise(error: BaseException) -> Callable[[int], None]:
 
 
 class NanTranslator(FakeTranslator):
-    def __call__(self, hu: np.ndarray, **kwargs: object) -> np.ndarray:  # type: ignore[override]
-        out = super().__call__(hu, **kwargs)  # type: ignore[arg-type]
+    def translate_region(self, hu: np.ndarray, **kwargs: object) -> np.ndarray:  # type: ignore[override]
+        out = super().translate_region(hu, **kwargs)  # type: ignore[arg-type]
         out[0, 0, 0] = np.nan
         return out
 
