@@ -27,12 +27,18 @@ SAMPLE_TYPES = ("linear", "cosine")
 
 
 def _m_t(num_timesteps: int, mt_type: str) -> np.ndarray:
-    """Bridge mixing weight m_t for t = 0..T-1, float64 like the release computes it."""
+    """Bridge mixing weight m_t for t = 0..T-1, float64 like the release computes it.
+
+    The release's ``sin`` is, despite its name, a geometric ramp: 1.0075 ** t
+    over linspace(0, T, T), divided by its last value, whose own value is then
+    set to 0.999 (reference README, section 6).
+    """
     if mt_type == "linear":
         return np.linspace(0.001, 0.999, num_timesteps)
-    m = np.arange(num_timesteps) / num_timesteps
-    m[0] = 0.0005
-    return 0.5 * np.sin(np.pi * (m - 0.5)) + 0.5
+    m_t = 1.0075 ** np.linspace(0, num_timesteps, num_timesteps)
+    m_t = m_t / m_t[-1]
+    m_t[-1] = 0.999
+    return m_t
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +50,8 @@ class BridgeSchedule:
     num_timesteps : int
         T, the number of bridge timesteps (1000 in the release).
     mt_type : str
-        ``"linear"`` (m_t = linspace(0.001, 0.999, T)) or ``"sin"``.
+        ``"linear"`` (m_t = linspace(0.001, 0.999, T)) or ``"sin"`` (the
+        release's geometric ramp of that name, see :func:`_m_t`).
     max_var : float
         Scale of the bridge variance, var_t = 2 (m_t - m_t^2) max_var.
     eta : float
@@ -129,24 +136,32 @@ class BridgeSchedule:
 
         Notes
         -----
-        ``linear``: ``arange(T-1, 1, -((T-1) // (S-2)))`` then 1 and 0, as the
-        release (so S = 200 visits 202 timesteps). ``cosine``: the release's
-        ``(cos(linspace(0, T, S+1) / T * pi) + 1) / 2 * T`` truncated to
-        integers; the release indexes its buffers with T itself there (out of
-        range), so timesteps are clamped to T-1 and repeats dropped (a repeated
-        timestep is an exact no-op of the update).
+        ``linear``: the release's ``torch.arange(T-1, 1, step=-(T-1)/(S-2))``
+        with that non-integer step (computed by torch in float32, so values
+        that land next to an integer truncate as the release's do), each
+        value truncated to an integer, then 1 and 0: exactly S timesteps, so
+        S denoiser evaluations (S = 200 visits 999, 993, 988, ..., 5, 1, 0).
+        ``cosine``: the release's ``(cos(linspace(0, T, S+1) / T * pi) + 1) / 2 * T``
+        truncated to integers, S + 1 values. The release indexes its buffers
+        with the first of them, T itself, and fails there (out of range);
+        we clamp it to T-1 and drop a repeat should clamping make one (a
+        repeated timestep is an exact no-op of the update). With
+        ``skip_sample`` off the release visits all T timesteps whatever
+        ``sample_step`` says; an explicit ``steps`` still skips here, so that
+        the node's ``[engine] steps`` means the same for every model. S > T
+        means every timestep once (the release's arange would repeat values).
         """
         T = self.num_timesteps
         if steps is None and not self.skip_sample:
             return np.arange(T - 1, -1, -1, dtype=np.int64)
         count = self.sample_step if steps is None else int(steps)
-        if count >= T:
+        if count > T:
             return np.arange(T - 1, -1, -1, dtype=np.int64)
         if self.sample_type == "linear":
             if count < 3:
                 raise EngineError(f"sampling steps {count} is too few for the linear schedule; use 3 or more")
-            stride = (T - 1) // (count - 2)
-            mid = np.arange(T - 1, 1, -stride, dtype=np.int64)
+            # torch, not numpy: the release's float32 arange decides where values truncate.
+            mid = torch.arange(T - 1, 1, step=-((T - 1) / (count - 2)), dtype=torch.float32).long().numpy()
             return np.concatenate([mid, np.array([1, 0], dtype=np.int64)])
         if count < 1:
             raise EngineError(f"sampling steps {count} must be at least 1")
