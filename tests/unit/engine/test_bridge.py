@@ -28,12 +28,38 @@ def test_linear_skip_schedule_matches_the_reference(vectors: dict[str, np.ndarra
     np.testing.assert_array_equal(schedule.timesteps(), vectors["sample_steps"].astype(np.int64))
 
 
-def test_linear_skip_schedule_of_200_steps_is_the_releases() -> None:
-    steps = BridgeSchedule().timesteps(200)
-    # arange(999, 1, -(999 // 198)) then 1, 0: 200 strided steps plus the two ends.
-    assert steps[:3].tolist() == [999, 994, 989]
-    assert steps[-3:].tolist() == [4, 1, 0]
-    assert len(steps) == 202
+# The release's timestep lists for T = 1000 (reference README, section 7), written out
+# rather than recomputed: the list a formula gives is what this pins.
+_RELEASE_STEPS = {
+    200: ([999, 993, 988, 983, 978, 973], [15, 10, 5, 1, 0]),
+    50: ([999, 978, 957, 936, 915, 894], [62, 41, 20, 1, 0]),
+    13: ([999, 908, 817, 726, 635, 544], [272, 181, 90, 1, 0]),
+    10: ([999, 874, 749, 624, 499, 374], [374, 249, 124, 1, 0]),
+    7: ([999, 799, 599, 399, 199, 1], [599, 399, 199, 1, 0]),
+    5: ([999, 666, 333, 1, 0], [999, 666, 333, 1, 0]),
+}
+
+
+@pytest.mark.parametrize("count", sorted(_RELEASE_STEPS))
+def test_linear_skip_schedule_visits_exactly_the_releases_timesteps(count: int) -> None:
+    steps = BridgeSchedule().timesteps(count)
+    head, tail = _RELEASE_STEPS[count]
+    assert len(steps) == count
+    assert steps[: len(head)].tolist() == head
+    assert steps[-len(tail) :].tolist() == tail
+    assert np.all(np.diff(steps) < 0)
+
+
+def test_linear_skip_schedule_of_200_steps_is_not_a_floored_stride() -> None:
+    steps = BridgeSchedule().timesteps(200).tolist()
+    # floor(999 / 198) = 5 would visit 999, 994, 989, ... and 202 timesteps.
+    assert 994 not in steps and 993 in steps
+    # The non-integer stride 999 / 198 = 5.045...: gaps of 5 and 6, never a repeat.
+    assert set(np.diff(steps[:-2]).tolist()) == {-5, -6}
+
+
+def test_more_steps_than_timesteps_visits_each_timestep_once() -> None:
+    assert BridgeSchedule(num_timesteps=10).timesteps(25).tolist() == list(range(9, -1, -1))
 
 
 def test_full_schedule_without_skipping() -> None:
@@ -49,13 +75,21 @@ def test_cosine_schedule_is_strictly_decreasing_in_range() -> None:
     assert steps[1:].tolist() == raw.astype(np.int64)[1:].tolist()
 
 
-def test_sin_schedule_follows_the_release_formula() -> None:
-    schedule = BridgeSchedule(mt_type="sin", max_var=0.5, num_timesteps=100)
-    m = np.arange(100) / 100
-    m[0] = 0.0005
-    expected = 0.5 * np.sin(np.pi * (m - 0.5)) + 0.5
-    np.testing.assert_allclose(schedule.m_t, expected, atol=1e-7)
-    np.testing.assert_allclose(schedule.variance_t, 2 * (expected - expected**2) * 0.5, atol=1e-7)
+@pytest.mark.parametrize(
+    ("index", "value"), [(0, 5.6878e-4), (500, 0.0239385), (998, 0.992548), (999, 0.999)]
+)
+def test_sin_schedule_is_the_releases_geometric_ramp(index: int, value: float) -> None:
+    # Values from the reference README, section 6: not a sine despite the name.
+    schedule = BridgeSchedule(mt_type="sin", max_var=0.5)
+    assert schedule.m_t[index] == pytest.approx(value, rel=2e-5)
+    m = float(schedule.m_t[index])
+    assert schedule.variance_t[index] == pytest.approx(2 * (m - m * m) * 0.5, rel=1e-4)
+
+
+def test_sin_schedule_rises_monotonically_to_its_fixed_end() -> None:
+    m_t = BridgeSchedule(mt_type="sin").m_t
+    assert np.all(np.diff(m_t) > 0)
+    assert m_t[-1] == np.float32(0.999)
 
 
 def test_q_sample_and_objective_match_the_reference(vectors: dict[str, np.ndarray]) -> None:
