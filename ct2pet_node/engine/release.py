@@ -45,16 +45,6 @@ SCHEDULE_BUFFERS = (
 # Only what inference runs: the VQGAN checkpoint also carries its GAN loss (discriminator, LPIPS).
 VQGAN_PREFIXES = ("encoder.", "decoder.", "quantize.", "quant_conv.", "post_quant_conv.")
 
-RELEASE_SEGMENTATION_SPEC: dict[str, Any] = {
-    "arch": "Unet",
-    "in_channels": 1,
-    "classes": 1,
-    "encoder_name": "resnet34",
-    "encoder_depth": 5,
-    "decoder_channels": [256, 128, 64, 32, 16],
-}
-"""The released segmentation U-Net's constructor (segmentation_models_pytorch names)."""
-
 _PYTHON_TAG_PREFIX = "tag:yaml.org,2002:python/"
 _TUPLE_TAG = _PYTHON_TAG_PREFIX + "tuple"
 
@@ -341,6 +331,30 @@ def _pick_vqgan(networks: dict[str, StateDict], vqgan: Path | None) -> StateDict
     return inside
 
 
+def _segmentation_spec(
+    state: Mapping[str, torch.Tensor], path: Path, given: Path | Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The U-Net constructor the checkpoint's shapes describe; a given spec must agree with them.
+
+    The shapes decide, not the full-size release's resnet34 at depth 5: a
+    retrained segmenter (another ResNet, depth or decoder) imports as it is.
+    """
+    from ct2pet_node.engine.networks import segmentation_spec_from_shapes
+
+    if given is None:
+        spec = None
+    elif isinstance(given, Mapping):
+        spec = dict(given.get("segmentation", given))
+    else:
+        spec = read_segmentation_spec(Path(given))
+    shapes = {key: tuple(tensor.shape) for key, tensor in state.items()}
+    try:
+        return segmentation_spec_from_shapes(shapes, spec)
+    except WeightsError as exc:
+        source = f"spec {given}" if isinstance(given, (str, Path)) else "spec given"
+        raise WeightsError(f"segmentation checkpoint {path} and its {source}: {exc}") from exc
+
+
 def import_release_files(
     config_yaml: Path,
     cpdm: Path,
@@ -355,28 +369,25 @@ def import_release_files(
 
     Steps: parse the config safely; load each checkpoint weights-only; lay the
     EMA shadow over the CPDM model; split it per network; check the config's
-    schedule against the stored buffers; build every network and load its
-    weights strictly (so an incompatible file fails here, not at inference);
-    save with :func:`ct2pet_node.engine.weights.save_weights`.
+    schedule against the stored buffers; read the segmentation U-Net's
+    constructor from its shapes (checking ``segmentation_spec`` against them
+    when one is given) and record that in the manifest; build every network
+    and load its weights strictly (so an incompatible file fails here, not at
+    inference); save with :func:`ct2pet_node.engine.weights.save_weights`.
     """
     from ct2pet_node.engine.pipeline import build_networks
     from ct2pet_node.engine.weights import RELEASE_CALIBRATION, release_normalisation, save_weights, sha256_of
 
     config_yaml, cpdm, segmentation = Path(config_yaml), Path(cpdm), Path(segmentation)
     architecture = architecture_from_config(read_release_config(config_yaml), config_yaml)
-    if segmentation_spec is None:
-        spec = dict(RELEASE_SEGMENTATION_SPEC)
-    elif isinstance(segmentation_spec, Mapping):
-        spec = dict(segmentation_spec.get("segmentation", segmentation_spec))
-    else:
-        spec = read_segmentation_spec(Path(segmentation_spec))
-    architecture["segmentation"] = spec
-
     networks, buffers = split_cpdm(model_state_dict(load_checkpoint(cpdm), cpdm), cpdm)
     _check_schedule(buffers, architecture["bridge"], cpdm)
     networks["vqgan"] = _pick_vqgan(networks, Path(vqgan) if vqgan is not None else None)
     networks["segmentation"] = segmentation_from_lightning(
         model_state_dict(load_checkpoint(segmentation), segmentation), segmentation
+    )
+    architecture["segmentation"] = _segmentation_spec(
+        networks["segmentation"], segmentation, segmentation_spec
     )
     build_networks(architecture, networks, origin=f"release files in {cpdm.parent}")
 

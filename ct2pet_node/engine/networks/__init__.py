@@ -2,7 +2,11 @@
 
 from ct2pet_node.engine.networks.conditioner import SpatialRescaler
 from ct2pet_node.engine.networks.release_config import RELEASE_CONFIG
-from ct2pet_node.engine.networks.segmentation import SegmentationArchitecture, SegmentationUNet
+from ct2pet_node.engine.networks.segmentation import (
+    SegmentationArchitecture,
+    SegmentationUNet,
+    segmentation_spec_from_shapes,
+)
 from ct2pet_node.engine.networks.unet import UNet, timestep_embedding
 from ct2pet_node.engine.networks.vqgan import VQGAN, VectorQuantizer
 
@@ -14,5 +18,6 @@ __all__ = [
     "SpatialRescaler",
     "UNet",
     "VectorQuantizer",
+    "segmentation_spec_from_shapes",
     "timestep_embedding",
 ]

@@ -13,29 +13,22 @@ checkpoint carries them, and strict loading needs them) but never run.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ct2pet_node.errors import EngineError, WeightsError
+from ct2pet_node.engine.networks.segmentation_spec import (
+    SegmentationArchitecture,
+    architecture_from_shapes,
+    check_spec,
+    segmentation_spec_from_shapes,
+)
+from ct2pet_node.errors import EngineError
 
-__all__ = ["SegmentationArchitecture", "SegmentationUNet"]
-
-_LAYER_KEY = re.compile(r"^encoder\.layer(\d)\.(\d+)\.")
-_DECODER_KEY = re.compile(r"^decoder\.blocks\.(\d+)\.conv1\.0\.weight$")
-# torchvision's names for the block counts smp uses per encoder.
-_ENCODER_NAMES = {
-    ("basic", (2, 2, 2, 2)): "resnet18",
-    ("basic", (3, 4, 6, 3)): "resnet34",
-    ("bottleneck", (3, 4, 6, 3)): "resnet50",
-    ("bottleneck", (3, 4, 23, 3)): "resnet101",
-    ("bottleneck", (3, 8, 36, 3)): "resnet152",
-}
+__all__ = ["SegmentationArchitecture", "SegmentationUNet", "segmentation_spec_from_shapes"]
 
 
 class BasicBlock(nn.Module):
@@ -189,108 +182,6 @@ class UnetDecoder(nn.Module):
         return x
 
 
-@dataclass(frozen=True, slots=True)
-class SegmentationArchitecture:
-    """What a segmentation checkpoint's shapes say about its network.
-
-    Attributes
-    ----------
-    in_channels, classes : int
-        Image channels in, logit channels out.
-    block : str
-        ``"basic"`` (resnet18/34) or ``"bottleneck"`` (resnet50 and deeper).
-    layers : tuple[int, int, int, int]
-        Residual blocks in encoder stages layer1..layer4.
-    decoder_channels : tuple[int, ...]
-        Output channels of each decoder block; its length is the encoder depth.
-    head_kernel : int
-        Kernel size of the segmentation head convolution.
-    """
-
-    in_channels: int
-    classes: int
-    block: str
-    layers: tuple[int, int, int, int]
-    decoder_channels: tuple[int, ...]
-    head_kernel: int
-
-    @property
-    def depth(self) -> int:
-        return len(self.decoder_channels)
-
-    @property
-    def encoder_name(self) -> str | None:
-        return _ENCODER_NAMES.get((self.block, self.layers))
-
-
-def _strip_prefix(shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, ...]]:
-    if any(key.startswith("model.") for key in shapes):
-        return {key[len("model.") :]: tuple(v) for key, v in shapes.items() if key.startswith("model.")}
-    return {key: tuple(v) for key, v in shapes.items()}
-
-
-def _architecture_from_shapes(shapes: Mapping[str, Sequence[int]]) -> SegmentationArchitecture:
-    s = _strip_prefix(shapes)
-    for required in ("encoder.conv1.weight", "segmentation_head.0.weight"):
-        if required not in s:
-            raise WeightsError(
-                f"segmentation checkpoint has no {required!r}: not an smp Unet with a ResNet encoder; "
-                "export the release's segmentation.ckpt unchanged"
-            )
-    counts = [0, 0, 0, 0]
-    for key in s:
-        match = _LAYER_KEY.match(key)
-        if match:
-            stage, index = int(match.group(1)) - 1, int(match.group(2))
-            counts[stage] = max(counts[stage], index + 1)
-    decoder = sorted(
-        (int(m.group(1)), shape[0]) for key, shape in s.items() if (m := _DECODER_KEY.match(key))
-    )
-    if not decoder or [i for i, _ in decoder] != list(range(len(decoder))) or len(decoder) > 5:
-        raise WeightsError(
-            f"segmentation checkpoint has decoder blocks {[i for i, _ in decoder]}; expected 0..d-1, d<=5"
-        )
-    used = len(decoder) - 1  # stages layer1..layer{depth-1} run; deeper ones may be absent
-    if 0 in counts[:used] or any(counts[i] == 0 and any(counts[i:]) for i in range(used, 4)):
-        raise WeightsError(
-            f"segmentation checkpoint encoder stages have block counts {counts}; the first {used} must be "
-            "> 0 and an absent stage may only be followed by absent ones"
-        )
-    head = s["segmentation_head.0.weight"]
-    return SegmentationArchitecture(
-        in_channels=s["encoder.conv1.weight"][1],
-        classes=head[0],
-        block="bottleneck" if "encoder.layer1.0.conv3.weight" in s else "basic",
-        layers=(counts[0], counts[1], counts[2], counts[3]),
-        decoder_channels=tuple(width for _, width in decoder),
-        head_kernel=head[-1],
-    )
-
-
-def _check_spec(arch: SegmentationArchitecture, spec: Mapping[str, Any]) -> None:
-    spec = spec.get("segmentation", spec)
-    problems = []
-    if "encoder_depth" in spec and int(spec["encoder_depth"]) != arch.depth:
-        problems.append(f"encoder_depth {spec['encoder_depth']} but the weights have depth {arch.depth}")
-    if "decoder_channels" in spec and tuple(spec["decoder_channels"]) != arch.decoder_channels:
-        problems.append(
-            f"decoder_channels {spec['decoder_channels']} but the weights have {arch.decoder_channels}"
-        )
-    if "encoder_name" in spec and arch.encoder_name is not None and spec["encoder_name"] != arch.encoder_name:
-        problems.append(f"encoder_name {spec['encoder_name']!r} but the weights are a {arch.encoder_name}")
-    for field in ("in_channels", "classes"):
-        if field in spec and int(spec[field]) != getattr(arch, field):
-            problems.append(f"{field} {spec[field]} but the weights have {getattr(arch, field)}")
-    if spec.get("arch", "Unet") != "Unet":
-        problems.append(f"arch {spec['arch']!r}; only smp 'Unet' is supported")
-    if problems:
-        raise WeightsError(
-            "segmentation spec disagrees with its checkpoint: "
-            + "; ".join(problems)
-            + "; ship the matching pair"
-        )
-
-
 class SegmentationUNet(nn.Module):
     """smp ``Unet`` (ResNet encoder, batch-norm decoder, no center, no attention, identity activation).
 
@@ -331,9 +222,9 @@ class SegmentationUNet(nn.Module):
         WeightsError
             When the shapes are not an smp ResNet Unet or disagree with ``spec``.
         """
-        arch = _architecture_from_shapes(shapes)
+        arch = architecture_from_shapes(shapes)
         if spec is not None:
-            _check_spec(arch, spec)
+            check_spec(arch, spec)
         return cls(arch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from ct2pet_node.engine.networks import RELEASE_CONFIG
 from ct2pet_node.engine.weights import (
     RELEASE_CALIBRATION,
     CtScaling,
@@ -185,13 +186,30 @@ def test_import_without_the_vqgan_file_uses_the_copy_inside_cpdm(
 
 def test_import_with_the_wrong_segmentation_spec_is_refused(reference_dir: Path, tmp_path: Path) -> None:
     tiny = reference_dir / "cpdm-tiny"
-    with pytest.raises(WeightsError, match="segmentation"):
+    with pytest.raises(WeightsError, match="encoder_depth 5 but the weights have depth 3"):
         import_release(
             tiny / "config.yaml",
             tiny / "cpdm.pth",
             tiny / "vqgan.ckpt",
             tiny / "segmentation.ckpt",
-            None,  # the full-size release's resnet34 spec does not fit the tiny resnet18
+            RELEASE_CONFIG["segmentation"],  # the full-size release's resnet34 does not fit the tiny resnet18
             out_dir=tmp_path / "w",
         )
     assert not (tmp_path / "w").exists()
+
+
+def test_import_without_a_segmentation_spec_reads_it_from_the_weights(
+    imported: Path, reference_dir: Path, tmp_path: Path
+) -> None:
+    tiny = reference_dir / "cpdm-tiny"
+    manifest = import_release(
+        tiny / "config.yaml",
+        tiny / "cpdm.pth",
+        tiny / "vqgan.ckpt",
+        tiny / "segmentation.ckpt",
+        None,
+        out_dir=tmp_path / "w",
+    )
+    given = json.loads((tiny / "segmentation.json").read_text())["segmentation"]
+    assert manifest.architecture["segmentation"] == given
+    assert manifest.model_id == load_manifest(imported).model_id
