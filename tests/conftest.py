@@ -56,7 +56,7 @@ def reference_dir() -> Path:
 
 def import_tiny_release(reference_dir: Path, out_root: Path) -> Path:
     """The tiny reference release imported into ``out_root/cpdm-tiny`` (64x64 model: plumbing, not quality)."""
-    from ct2pet_node.engine.weights import import_release
+    from ct2pet_node.engine.release import import_release_files as import_release
 
     release = reference_dir / "cpdm-tiny"
     out_dir = out_root / "cpdm-tiny"

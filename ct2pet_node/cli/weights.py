@@ -20,9 +20,21 @@ def weights() -> None:
 @click.option("--cpdm", type=existing_file, required=True, help="The CPDM runner checkpoint (.pth).")
 @click.option("--vqgan", type=existing_file, required=True, help="The VQGAN Lightning checkpoint (.ckpt).")
 @click.option("--segmentation", type=existing_file, required=True, help="The segmentation checkpoint.")
-@click.option("--segmentation-spec", type=existing_file, default=None, help="JSON constructor of the U-Net.")
+@click.option(
+    "--segmentation-spec",
+    type=existing_file,
+    default=None,
+    help="JSON constructor of the U-Net; optional (read from the checkpoint), checked when given.",
+)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing weights directory.")
+@click.option(
+    "--field-of-view-mm",
+    type=click.FloatRange(min=1.0),
+    default=None,
+    help="In-plane field of view of the training slices at the model's matrix "
+    "(default: the release sample's 500 mm, recorded as assumed).",
+)
 def weights_import(
     config_yaml: Path,
     cpdm: Path,
@@ -31,16 +43,30 @@ def weights_import(
     segmentation_spec: Path | None,
     out_dir: Path,
     overwrite: bool,
+    field_of_view_mm: float | None,
 ) -> None:
     """Convert the authors' release files into our format (no code from the files is executed)."""
-    from ct2pet_node.engine.weights import import_release
+    from ct2pet_node.engine.release import import_release_files
 
     with errors_to_exit():
-        manifest = import_release(
-            config_yaml, cpdm, vqgan, segmentation, segmentation_spec, out_dir=out_dir, overwrite=overwrite
+        manifest = import_release_files(
+            config_yaml,
+            cpdm,
+            vqgan,
+            segmentation,
+            segmentation_spec,
+            out_dir=out_dir,
+            overwrite=overwrite,
+            field_of_view_mm=field_of_view_mm,
         )
     click.echo(f"imported {manifest.model_id} into {out_dir}")
     click.echo(f"  output units: {manifest.output_units} ({manifest.calibration})")
+    frame = manifest.frame
+    assumed = " (assumed)" if frame.assumed else ""
+    click.echo(
+        f"  training slices: {frame.matrix}x{frame.matrix} over {frame.field_of_view_mm:g} mm{assumed}, "
+        "head-first supine"
+    )
 
 
 @weights.command("list")

@@ -18,7 +18,8 @@ import structlog
 import torch
 import yaml
 
-from ct2pet_node.errors import WeightsError
+from ct2pet_node.domain.model_grid import HEAD_FIRST_SUPINE, ModelFrame
+from ct2pet_node.errors import InputError, WeightsError
 
 if TYPE_CHECKING:
     from ct2pet_node.engine.weights import WeightsManifest
@@ -364,8 +365,13 @@ def import_release_files(
     *,
     out_dir: Path,
     overwrite: bool = False,
+    field_of_view_mm: float | None = None,
 ) -> WeightsManifest:
     """Read, check and convert the release into a weights directory; returns its manifest.
+
+    ``field_of_view_mm`` is the in-plane field of view the training slices
+    covered at the model's matrix; the release states none, so without it
+    the manifest records the release sample's 500 mm, marked as assumed.
 
     Steps: parse the config safely; load each checkpoint weights-only; lay the
     EMA shadow over the CPDM model; split it per network; check the config's
@@ -415,7 +421,18 @@ def import_release_files(
         model_id_prefix="cpdm-release",
         sources=sources,
         extra={"imported_from": "CPDM release (Nguyen et al., WACV 2025)"},
+        geometry=_release_frame(int(architecture["image_size"]), field_of_view_mm),
         overwrite=overwrite,
     )
     log.info("release_imported", out_dir=str(out_dir), model_id=manifest.model_id)
     return manifest
+
+
+def _release_frame(matrix: int, field_of_view_mm: float | None) -> ModelFrame:
+    """Head-first supine (as the release's GE sample is stored) at the stated or assumed field of view."""
+    if field_of_view_mm is None:
+        return ModelFrame.release_default(matrix)
+    try:
+        return ModelFrame(matrix, float(field_of_view_mm) / matrix, HEAD_FIRST_SUPINE)
+    except InputError as exc:
+        raise WeightsError(f"field of view {field_of_view_mm} mm: {exc}") from exc

@@ -423,24 +423,3 @@ def find_weights(search_dirs: Iterable[Path]) -> list[tuple[Path, WeightsManifes
             except WeightsError as exc:
                 found.append((candidate, str(exc)))
     return found
-
-
-def import_release(
-    config_yaml: Path,
-    cpdm: Path,
-    vqgan: Path | None,
-    segmentation: Path,
-    segmentation_spec: Path | Mapping[str, Any] | None = None,
-    *,
-    out_dir: Path,
-    overwrite: bool = False,
-) -> WeightsManifest:
-    """Convert the authors' release files into a verified weights directory.
-
-    See :func:`ct2pet_node.engine.release.import_release_files` for the steps.
-    """
-    from ct2pet_node.engine.release import import_release_files
-
-    return import_release_files(
-        config_yaml, cpdm, vqgan, segmentation, segmentation_spec, out_dir=out_dir, overwrite=overwrite
-    )

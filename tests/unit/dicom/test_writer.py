@@ -283,7 +283,7 @@ def test_pet_of_a_feet_first_series_lies_on_the_cts_geometry(tmp_path: Path, gri
     paths = make_ct_series(
         tmp_path / "ct", n=4, rows=16, cols=16, step=2.5, orientation=FEET_FIRST_SUPINE, mutate=feet_first
     )
-    ct, header = volume_from_files(paths)
+    ct, _ = volume_from_files(paths)
     mapping = plan_model_grid(ct.affine, (16, 16), ModelFrame(8, 0.9 * 2))
     assert mapping.op.flip_columns and not mapping.op.transpose
     values = pet_values(4, 8, 8)

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from ct2pet_node.engine.networks import RELEASE_CONFIG
+from ct2pet_node.engine.release import import_release_files as import_release
 from ct2pet_node.engine.weights import (
     RELEASE_CALIBRATION,
     CtScaling,
     PetScaling,
     find_weights,
-    import_release,
     load_manifest,
     load_state_dicts,
     release_normalisation,
@@ -213,3 +213,21 @@ def test_import_without_a_segmentation_spec_reads_it_from_the_weights(
     given = json.loads((tiny / "segmentation.json").read_text())["segmentation"]
     assert manifest.architecture["segmentation"] == given
     assert manifest.model_id == load_manifest(imported).model_id
+
+
+def test_an_imported_release_states_its_assumed_training_geometry(
+    tmp_path: Path, reference_dir: Path
+) -> None:
+    tiny = reference_dir / "cpdm-tiny"
+    files = (tiny / "config.yaml", tiny / "cpdm.pth", tiny / "vqgan.ckpt", tiny / "segmentation.ckpt")
+    assumed = import_release(*files, out_dir=tmp_path / "assumed")
+    assert assumed.frame.assumed and assumed.frame.field_of_view_mm == pytest.approx(500.0)
+    assert load_manifest(tmp_path / "assumed").geometry == assumed.frame
+    stated = import_release(*files, out_dir=tmp_path / "stated", field_of_view_mm=400.0)
+    assert not stated.frame.assumed
+    assert stated.frame.pixel_spacing_mm == pytest.approx(400.0 / stated.frame.matrix)
+    assert stated.frame.image_orientation == (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+    # Geometry describes the data, not the weights: the model id stays the weights'.
+    assert stated.model_id == assumed.model_id
+    with pytest.raises(WeightsError, match="field of view"):
+        import_release(*files, out_dir=tmp_path / "bad", field_of_view_mm=float("nan"))
