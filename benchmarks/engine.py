@@ -265,7 +265,7 @@ def parts(
         resize = 0.0
         if input_shape != (size, size):
             grid = torch.rand(batch, 1, *input_shape, generator=gen).to(device)
-            resize = _timed(lambda: pipe._resize(pipe._resize(grid, (size, size)), input_shape), device, 1)
+            resize = _timed(lambda: pipe.resize(pipe.resize(grid, (size, size)), input_shape), device, 1)
     return {
         "guide": guide / batch,
         "encode": encode / batch,
