@@ -16,21 +16,30 @@ from ct2pet_node import __version__
 from ct2pet_node.cli import config, convert, jobs, node, training, weights
 from ct2pet_node.logging_setup import configure_logging
 
+# Commands that run for a long time log their events at info by default; every other command
+# answers on stdout and keeps its log to warnings, unless asked (-v) for more.
+SERVICE_COMMANDS = frozenset({"start", "convert", "train", "dataset", "evaluate"})
+
 
 @click.group()
 @click.version_option(__version__, prog_name="ct2pet-node")
 @click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
-    default="info",
-    show_default=True,
-    help="debug may show more of third-party messages; patient names and IDs are never logged by us.",
+    default=None,
+    help="debug may show more of third-party messages; patient names and IDs are never logged by us. "
+    "Default: info for start, convert and training; warning for the other commands.",
 )
+@click.option("-v", "--verbose", count=True, help="More log events on stderr (-v info, -vv debug).")
 @click.option(
     "--log-json/--log-console", default=None, help="Force the log format (default: JSON unless a TTY)."
 )
-def main(log_level: str, log_json: bool | None) -> None:
+@click.pass_context
+def main(ctx: click.Context, log_level: str | None, verbose: int, log_json: bool | None) -> None:
     """A DICOM node that turns CT series into synthetic PET series (CPDM)."""
+    if log_level is None:
+        quiet = "info" if ctx.invoked_subcommand in SERVICE_COMMANDS else "warning"
+        log_level = {0: quiet, 1: "info"}.get(verbose, "debug")
     configure_logging(log_level, log_json)
 
 

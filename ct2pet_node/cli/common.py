@@ -9,16 +9,21 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import click
+import structlog
 
 from ct2pet_node.config import Config, load_config
+from ct2pet_node.config.load import find_config
 from ct2pet_node.errors import ConfigError, Ct2PetError
+
+log = structlog.get_logger(__name__)
 
 config_option = click.option(
     "--config",
     "config_path",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="TOML file merged over the embedded default (config/ct2pet-node.toml).",
+    help="TOML file merged over the embedded default (config/ct2pet-node.toml); default: "
+    "$CT2PET_NODE_CONFIG, else /etc/ct2pet-node/ct2pet-node.toml if present.",
 )
 
 
@@ -35,10 +40,18 @@ def errors_to_exit() -> Iterator[None]:
         sys.exit(2)
 
 
+def load_found_config(config_path: Path | None) -> tuple[Config, str]:
+    """The configuration ``--config``, the environment or the system file names, and where it came from."""
+    path, origin = find_config(config_path)
+    config = load_config(path)
+    log.info("configuration_loaded", path=str(path) if path else "embedded default", origin=origin)
+    return config, origin
+
+
 def load_or_exit(config_path: Path | None) -> Config:
     """The configuration, or its problems on stderr and exit code 2."""
     with errors_to_exit():
-        return load_config(config_path)
+        return load_found_config(config_path)[0]
 
 
 def print_json(value: object) -> None:

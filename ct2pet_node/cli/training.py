@@ -30,7 +30,14 @@ def dataset_build(ct_dir: Path, pet_dir: Path, out_dir: Path, size: int, overwri
 
 
 @click.command()
-@click.option("--config", "config_path", type=existing_file, required=True, help="TRAIN.toml.")
+@click.option(
+    "--train-config",
+    "--config",
+    "config_path",
+    type=existing_file,
+    required=True,
+    help="The training TOML (e.g. config/train-demo.toml); --config is the older spelling.",
+)
 @click.option("--data", "data_dir", type=existing_dir, required=True, help="A dataset from `dataset build`.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--stop-after", type=int, default=None, help="Stop (checkpointed) after this many steps.")

@@ -16,7 +16,14 @@ def weights() -> None:
 
 
 @weights.command("import")
-@click.option("--config", "config_yaml", type=existing_file, required=True, help="The release's YAML.")
+@click.option(
+    "--release-config",
+    "--config",
+    "config_yaml",
+    type=existing_file,
+    required=True,
+    help="The release's YAML config; --config is the older spelling.",
+)
 @click.option("--cpdm", type=existing_file, required=True, help="The CPDM runner checkpoint (.pth).")
 @click.option("--vqgan", type=existing_file, required=True, help="The VQGAN Lightning checkpoint (.ckpt).")
 @click.option("--segmentation", type=existing_file, required=True, help="The segmentation checkpoint.")

@@ -6,6 +6,7 @@ is raised together in one ``ConfigError``.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +20,31 @@ from ct2pet_node.config.routing import parse_delivery, parse_destinations, parse
 from ct2pet_node.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "config" / "ct2pet-node.toml"
+CONFIG_ENV = "CT2PET_NODE_CONFIG"
+SYSTEM_CONFIG_PATH = Path("/etc/ct2pet-node/ct2pet-node.toml")
+
+
+def find_config(
+    explicit: Path | None,
+    environ: Mapping[str, str] = os.environ,
+    system_path: Path = SYSTEM_CONFIG_PATH,
+) -> tuple[Path | None, str]:
+    """Which file to merge over the embedded default, and where that choice came from.
+
+    ``--config`` first, then ``$CT2PET_NODE_CONFIG``, then the system file
+    (what the systemd unit and an administrator's shell share without
+    repeating ``--config``), else none: the embedded default alone. A named
+    file that does not exist is an error when it is read, not a reason to
+    fall through to the next place.
+    """
+    if explicit is not None:
+        return explicit, "--config"
+    from_env = environ.get(CONFIG_ENV, "").strip()
+    if from_env:
+        return Path(from_env), f"${CONFIG_ENV}"
+    if system_path.is_file():
+        return system_path, "the system configuration"
+    return None, "the embedded default"
 
 
 def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

@@ -219,7 +219,7 @@ def _check_series_in_orthanc(
                 (tuple(float(v) for v in t["ImagePositionPatient"].split("\\")) for t in tags),
                 key=lambda position: position[2],
             )
-            # The CT is 64x64, the model's own size, so the "model" grid is the CT's grid.
+            # The CT is 64x64 over 500 mm, the model's own grid, so the "model" grid is the CT's grid.
             for pet_position, ct_position in zip(positions, ct_positions, strict=True):
                 assert pet_position == pytest.approx(ct_position, abs=1e-3)
             assert "SYNTHETIC PET" in tags[0]["DerivationDescription"]
@@ -247,7 +247,8 @@ def test_storescu_to_node_to_orthanc_and_a_resend_leaves_one_series(
 ) -> None:
     if shutil.which("dciodvfy") is None:
         pytest.skip("dciodvfy (dicom3tools) not found")
-    ct_paths = make_ct_series(tmp_path / "ct", n=30, images_in_acquisition=30)
+    # 64 pixels over 500 mm: the tiny model's assumed training grid, so its model grid is the CT's.
+    ct_paths = make_ct_series(tmp_path / "ct", n=30, images_in_acquisition=30, spacing=(500 / 64, 500 / 64))
     node = make_node(True).start()
 
     echo = node.cli("echo", "orthanc")
