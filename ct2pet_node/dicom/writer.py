@@ -10,8 +10,7 @@ puts it on the configured one first.
 from __future__ import annotations
 
 import datetime
-import os
-import tempfile
+import io
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from ct2pet_node.domain.output_uids import (
 )
 from ct2pet_node.domain.volume import PetVolume
 from ct2pet_node.errors import InputError, StorageError
+from ct2pet_node.spool.atomic import atomic_write, ensure_private_dir
 
 __all__ = ["SynthesisInfo", "read_ct_reference_header", "series_number_for", "write_pet_series"]
 
@@ -82,16 +82,9 @@ def _check_inputs(pet: PetVolume, kind: str, info: SynthesisInfo, ct_header: Dat
 
 
 def _atomic_write(dataset: Dataset, target: Path) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=".", suffix=".partial", dir=target.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            dataset.save_as(stream, enforce_file_format=True)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    atomic_write(target, buffer.getbuffer())
 
 
 def write_pet_series(
@@ -139,7 +132,8 @@ def write_pet_series(
     display_window = window(info.output_units, series_max)
     series_slope = rescale_slope(series_max)
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        # Patient data: the folder and any it needs are the service user's alone, whatever the umask.
+        ensure_private_dir(out_dir)
     except OSError as error:
         raise StorageError(f"output folder {out_dir} cannot be created ({error.strerror})") from None
 

@@ -396,8 +396,10 @@ def _scale_to_fit(size: int, spacing: float, frame: ModelFrame, first: int, stop
     centre = size / 2.0
     half_needed = max(centre - first, stop - centre)
     # Two pixels of air each side: rounding the region to whole pixels never cuts the body's
-    # edge, and the model sees where the body ends.
-    return (2.0 * half_needed + 4.0) * spacing / frame.field_of_view_mm
+    # edge, and the model sees where the body ends. Never more than the CT itself: a body the
+    # reconstruction already cut off at its edge gains nothing from a wider region.
+    pixels = min(2.0 * half_needed + 4.0, float(size))
+    return pixels * spacing / frame.field_of_view_mm
 
 
 def _oriented_box(

@@ -28,6 +28,7 @@ import structlog
 
 from ct2pet_node.errors import StorageError
 from ct2pet_node.routing.delivery import AttemptDecision, EntryState, InstanceResult
+from ct2pet_node.spool.atomic import ensure_private_dir
 from ct2pet_node.spool.database import Database
 
 log = structlog.get_logger(__name__)
@@ -119,7 +120,7 @@ class Outbox:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            ensure_private_dir(path.parent)
         except OSError as error:
             raise StorageError(
                 f"outbox {path} cannot be created ({error}); check that the data directory is writable"

@@ -11,6 +11,7 @@ images.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -231,6 +232,18 @@ def _check_series_in_orthanc(
     return by_modality
 
 
+def _check_private(data_dir: Path) -> None:
+    """Patient data: every folder 0700 and every file 0600 under data_dir."""
+    found = {path: path.stat().st_mode & 0o777 for path in [data_dir, *data_dir.rglob("*")]}
+    assert any(path.suffix == ".dcm" and "results" in path.parts for path in found)
+    wrong = {
+        str(path.relative_to(data_dir)): oct(mode)
+        for path, mode in found.items()
+        if mode != (0o700 if path.is_dir() else 0o600)
+    }
+    assert wrong == {}
+
+
 def _metric(text: str, line_start: str) -> float:
     for line in text.splitlines():
         if line.startswith(line_start + " "):
@@ -249,7 +262,12 @@ def test_storescu_to_node_to_orthanc_and_a_resend_leaves_one_series(
         pytest.skip("dciodvfy (dicom3tools) not found")
     # 64 pixels over 500 mm: the tiny model's assumed training grid, so its model grid is the CT's.
     ct_paths = make_ct_series(tmp_path / "ct", n=30, images_in_acquisition=30, spacing=(500 / 64, 500 / 64))
-    node = make_node(True).start()
+    # The usual umask, which would leave 0755 folders and 0644 files: the node must not.
+    umask = os.umask(0o022)
+    try:
+        node = make_node(True).start()
+    finally:
+        os.umask(umask)
 
     echo = node.cli("echo", "orthanc")
     assert echo.returncode == 0 and "C-ECHO success" in echo.stdout, echo.stderr
@@ -260,6 +278,7 @@ def test_storescu_to_node_to_orthanc_and_a_resend_leaves_one_series(
     assert job.n_instances == 30 and len(job.output_series_uids) == len(KINDS)
 
     _check_series_in_orthanc(orthanc, job, ct_paths, tmp_path)
+    _check_private(node.data_dir)
     last_received = max(e["timestamp"] for e in node.events("instance_stored"))
     [delivered] = node.events("delivery_done")
     seconds = _seconds_between(last_received, delivered["timestamp"])

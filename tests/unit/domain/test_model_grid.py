@@ -152,3 +152,10 @@ def test_frames_are_checked_and_read_back() -> None:
         ModelFrame(128, 1.0, (1.0, 0.0, 0.0, 1.0, 0.0, 0.0))
     with pytest.raises(InputError, match="unreadable"):
         ModelFrame.from_json({"matrix": 128})
+
+
+def test_a_body_that_fills_the_field_of_view_is_not_a_reason_to_widen() -> None:
+    # Truncated by the reconstruction already: the region is the CT itself, as the model's.
+    hu = np.zeros((1, 128, 128), np.float32)
+    mapping = plan_model_grid(hfs_affine(DEMO.pixel_spacing_mm, 128), (128, 128), DEMO, body_extent(hu))
+    assert mapping.region_shape == (128, 128) and mapping.scale == pytest.approx(1.0)
