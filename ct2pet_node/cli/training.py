@@ -19,14 +19,30 @@ def dataset() -> None:
 @click.option("--pet", "pet_dir", type=existing_dir, required=True, help="Folder of its PET series.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--size", type=int, default=256, show_default=True, help="In-plane model grid size.")
+@click.option(
+    "--field-of-view-mm",
+    type=float,
+    default=500.0,
+    show_default=True,
+    help="In-plane field of view of the model grid (the release's and the demo's: 500); "
+    "CTs at another are padded with air or cropped around their centre.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace this study if the dataset already holds it.")
-def dataset_build(ct_dir: Path, pet_dir: Path, out_dir: Path, size: int, overwrite: bool) -> None:
-    """Add one PET/CT study (CT in HU, PET in SUVbw, paired in patient space) to a dataset."""
+def dataset_build(
+    ct_dir: Path, pet_dir: Path, out_dir: Path, size: int, field_of_view_mm: float, overwrite: bool
+) -> None:
+    """Add one PET/CT study (CT in HU, PET in SUVbw, paired in patient space) to a dataset.
+
+    Every CT is shown head-first supine at the dataset's pixel size, as the node shows it to a model.
+    """
     from ct2pet_node.training.dataset import build_dataset
 
     with errors_to_exit():
-        study = build_dataset(ct_dir, pet_dir, out_dir, size=size, overwrite=overwrite)
+        study = build_dataset(
+            ct_dir, pet_dir, out_dir, size=size, field_of_view_mm=field_of_view_mm, overwrite=overwrite
+        )
     click.echo(f"added {study.n_slices} paired slices of CT series {study.ct_series_uid} to {out_dir}")
+    click.echo(f"  grid: {study.grid_mapping}")
 
 
 @click.command()

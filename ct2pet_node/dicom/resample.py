@@ -16,45 +16,12 @@ from __future__ import annotations
 import numpy as np
 
 from ct2pet_node.domain.model_grid import image_orientation_of, orientation_op
-from ct2pet_node.domain.volume import CtVolume, PetVolume
+from ct2pet_node.domain.volume import PetVolume
 from ct2pet_node.errors import InputError
 
 GRIDS = ("model", "ct")
 # Grids are "the same slices" when they agree to a micrometre.
 _SLICE_TOLERANCE = 1e-3
-
-
-def model_grid_affine(ct: CtVolume, size: int) -> np.ndarray:
-    """The affine of a ``size`` x ``size`` in-plane grid over the CT's field of view.
-
-    Parameters
-    ----------
-    ct : CtVolume
-        The source CT; its slice positions and directions are kept.
-    size : int
-        Rows and columns of the model grid (e.g. 256).
-
-    Returns
-    -------
-    numpy.ndarray
-        float64 4x4, voxel (x, y, z, 1) -> patient LPS mm. Column spacing is
-        ``ct columns * ct column spacing / size``, likewise for rows, so a
-        non-square CT gives non-square model pixels.
-    """
-    if size < 1:
-        raise InputError(f"model grid size {size} must be at least 1")
-    _, rows, columns = ct.hu.shape
-    scale_x = columns / size
-    scale_y = rows / size
-    affine = np.array(ct.affine, dtype=np.float64, copy=True)
-    affine[:3, 0] = ct.affine[:3, 0] * scale_x
-    affine[:3, 1] = ct.affine[:3, 1] * scale_y
-    # Model pixel 0's centre sits half a model pixel inside the CT's edge,
-    # which itself is half a CT pixel outside CT pixel 0's centre.
-    affine[:3, 3] = (
-        ct.affine[:3, 3] + ct.affine[:3, 0] * (scale_x - 1.0) / 2.0 + ct.affine[:3, 1] * (scale_y - 1.0) / 2.0
-    )
-    return affine
 
 
 def _in_plane_map(source_affine: np.ndarray, target_affine: np.ndarray) -> np.ndarray:

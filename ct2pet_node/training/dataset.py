@@ -1,41 +1,13 @@
-"""Paired CT/PET training datasets on disk: build one study at a time, load them all.
+"""Building paired CT/PET training datasets: one study at a time, from DICOM folders.
 
-On-disk format, version 1 (the training and evaluation code depend on it)::
-
-    DATASET_DIR/
-      manifest.json
-      studies/<ct_series_uid>/
-        ct_hu.npy      float32 (n, size, size)  Hounsfield units on the model grid
-        pet_suv.npy    float32 (n, size, size)  SUVbw (g/ml); 0 outside the PET field of view
-        pet_fov.npy    uint8   (n, size, size)  1 where the PET field of view covers the voxel
-        body_mask.npy  uint8   (n, size, size)  1 inside the body (HU > -500, largest part, filled)
-
-Arrays are indexed ``[slice, row, column]`` and slices are in increasing
-position along the slice normal (feet to head for an axial head-first scan),
-never in file-name or instance-number order. ``manifest.json`` holds::
-
-    {"format_version": 1, "size": 256, "studies": [{
-        "study_uid", "ct_series_uid", "pet_series_uid", "frame_of_reference_uid",
-        "n_slices", "size",
-        "affine":            4x4, model-grid voxel (x, y, z, 1) -> patient LPS mm,
-        "z_positions_mm":    per slice, position along the slice normal,
-        "ct_sop_uids":       per slice, the CT instance it came from,
-        "pet_sop_uids":      the PET instances within one PET slice of the paired range,
-        "ct_kvp", "suv_factor" (SUVbw per Bq/ml),
-        "suv_inputs": {"units", "decay_correction", "reference_source", "patient_weight_kg",
-                       "injected_dose_bq", "half_life_s", "decay_seconds"},
-        "suv_max_source":    SUVmax of the whole PET series before resampling,
-        "suv_max_paired":    SUVmax of pet_suv.npy,
-        "pet_fov_fraction":  share of voxels inside the PET field of view,
-        "files": {"ct_hu": "studies/<uid>/ct_hu.npy", ...}}]}
-
-No patient name, ID, birth date or acquisition date is ever written: the
-SUV inputs keep the decay time in seconds, not the clock times. The folder
-is created 0700 (the arrays are still patient data); ``.lock`` serialises
-concurrent builds; a study is keyed by its CT series, and adding it again
-is refused unless ``overwrite`` is given. How the two
-series are brought onto the model grid is written down in
-:mod:`ct2pet_node.training.pairing`.
+The on-disk format, and reading it, are in :mod:`ct2pet_node.training.dataset_format`
+(its names are re-exported here). No patient name, ID, birth date or
+acquisition date is ever written. The folder is created 0700 (the arrays are
+still patient data); ``.lock`` serialises concurrent builds; a study is keyed
+by its CT series, and adding it again is refused unless ``overwrite`` is
+given, and so is a study of another size or field of view than the
+dataset's. How the two series are brought onto the model grid is written
+down in :mod:`ct2pet_node.training.pairing`.
 """
 
 from __future__ import annotations
@@ -43,10 +15,10 @@ from __future__ import annotations
 import fcntl
 import io
 import json
+import math
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -57,160 +29,51 @@ from ct2pet_node.config import RoutingConfig
 from ct2pet_node.dicom.pet import PetSeries, read_pet_series
 from ct2pet_node.dicom.sitk_convert import body_mask
 from ct2pet_node.dicom.volume import build_ct_volume, scan_folder
+from ct2pet_node.domain.model_grid import HEAD_FIRST_SUPINE, RELEASE_FIELD_OF_VIEW_MM, ModelFrame
 from ct2pet_node.domain.uids import require_uid
 from ct2pet_node.domain.volume import CtVolume
 from ct2pet_node.errors import InputError, SeriesRefused, StorageError
 from ct2pet_node.routing.qualify import qualify_series
 from ct2pet_node.spool.atomic import atomic_write, ensure_private_dir
-from ct2pet_node.training.pairing import PairedSlices, pair_volumes, sub_volume
+from ct2pet_node.training.dataset_format import (
+    ARRAY_NAMES,
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    STUDIES_DIR,
+    Dataset,
+    DatasetStudy,
+    StudyArrays,
+    SuvRecord,
+    load_dataset,
+    read_manifest,
+)
+from ct2pet_node.training.pairing import PairedSlices, in_model_slice_order, pair_volumes, sub_volume
+
+__all__ = [
+    "ARRAY_NAMES",
+    "CT_RULES",
+    "FORMAT_VERSION",
+    "MANIFEST_NAME",
+    "STUDIES_DIR",
+    "Dataset",
+    "DatasetStudy",
+    "StudyArrays",
+    "SuvRecord",
+    "build_dataset",
+    "load_dataset",
+    "read_ct_volume",
+]
 
 log = structlog.get_logger(__name__)
 
-FORMAT_VERSION = 1
-MANIFEST_NAME = "manifest.json"
-STUDIES_DIR = "studies"
-ARRAY_NAMES = ("ct_hu", "pet_suv", "pet_fov", "body_mask")
+# A study whose pixels are more than 1 % larger than the dataset's had a body wider than its field of view.
+_SCALE_TOLERANCE = 1.01
+
 # The node's own qualification, but no tilt at all: a sheared CT grid has no
 # SimpleITK image to resample the PET onto.
 CT_RULES = RoutingConfig(
     series_quiet_seconds=1.0, min_slices=1, max_gantry_tilt_degrees=0.0, slice_spacing_tolerance_mm=0.05
 )
-
-
-@dataclass(frozen=True, slots=True)
-class SuvRecord:
-    """The SUVbw inputs kept for one study (no clock times: they would date the examination)."""
-
-    units: str
-    decay_correction: str
-    reference_source: str
-    patient_weight_kg: float
-    injected_dose_bq: float
-    half_life_s: float
-    decay_seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class DatasetStudy:
-    """One study's entry in ``manifest.json`` (see the module docstring for each field)."""
-
-    study_uid: str
-    ct_series_uid: str
-    pet_series_uid: str
-    frame_of_reference_uid: str
-    n_slices: int
-    size: int
-    affine: tuple[tuple[float, ...], ...]
-    z_positions_mm: tuple[float, ...]
-    ct_sop_uids: tuple[str, ...]
-    pet_sop_uids: tuple[str, ...]
-    ct_kvp: float | None
-    suv_factor: float
-    suv_inputs: SuvRecord
-    suv_max_source: float
-    suv_max_paired: float
-    pet_fov_fraction: float
-    files: tuple[tuple[str, str], ...]
-
-    @property
-    def affine_matrix(self) -> np.ndarray:
-        """The model-grid affine as a float64 4x4 array."""
-        return np.array(self.affine, dtype=np.float64)
-
-    def to_json(self) -> dict[str, Any]:
-        """The manifest form of this entry."""
-        data = {field.name: getattr(self, field.name) for field in fields(self)}
-        data["affine"] = [list(row) for row in self.affine]
-        data["suv_inputs"] = asdict(self.suv_inputs)
-        data["files"] = dict(self.files)
-        for name in ("z_positions_mm", "ct_sop_uids", "pet_sop_uids"):
-            data[name] = list(data[name])
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> DatasetStudy:
-        """Read one manifest entry; raises InputError naming a missing or malformed field."""
-        try:
-            values = dict(data)
-            values["affine"] = tuple(tuple(float(v) for v in row) for row in data["affine"])
-            values["suv_inputs"] = SuvRecord(**data["suv_inputs"])
-            values["files"] = tuple((str(k), str(v)) for k, v in data["files"].items())
-            for name in ("z_positions_mm", "ct_sop_uids", "pet_sop_uids"):
-                values[name] = tuple(data[name])
-            study = cls(**values)
-        except (KeyError, TypeError, ValueError) as error:
-            raise InputError(f"manifest entry is malformed ({error}); rebuild the study") from None
-        if study.n_slices != len(study.z_positions_mm) or study.n_slices != len(study.ct_sop_uids):
-            raise InputError(
-                f"manifest entry for CT series {study.ct_series_uid} has inconsistent slice counts"
-            )
-        return study
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class StudyArrays:
-    """The arrays of one study, memory-mapped read-only (see the module docstring)."""
-
-    ct_hu: np.ndarray
-    pet_suv: np.ndarray
-    pet_fov: np.ndarray
-    body_mask: np.ndarray
-
-
-@dataclass(frozen=True, slots=True)
-class Dataset:
-    """A loaded dataset: where it is, its grid size and its studies in the order they were added."""
-
-    root: Path
-    size: int
-    studies: tuple[DatasetStudy, ...]
-
-    def arrays(self, study: DatasetStudy) -> StudyArrays:
-        """Memory-map ``study``'s arrays; raises InputError when one is missing or the wrong shape."""
-        expected = (study.n_slices, study.size, study.size)
-        loaded = {}
-        files = dict(study.files)
-        for name in ARRAY_NAMES:
-            path = self.root / files.get(name, f"{STUDIES_DIR}/{study.ct_series_uid}/{name}.npy")
-            try:
-                array = np.load(path, mmap_mode="r", allow_pickle=False)
-            except (OSError, ValueError) as error:
-                raise InputError(
-                    f"cannot read {path} ({error}); rebuild study {study.ct_series_uid}"
-                ) from None
-            if array.shape != expected:
-                raise InputError(f"{path} has shape {array.shape}, the manifest says {expected}; rebuild it")
-            loaded[name] = array
-        return StudyArrays(**loaded)
-
-
-def _read_manifest(out_dir: Path) -> dict[str, Any] | None:
-    path = out_dir / MANIFEST_NAME
-    if not path.is_file():
-        return None
-    try:
-        manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise InputError(f"{path} is not a readable manifest ({error}); restore or remove it") from None
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise InputError(f"{path} has format_version {version!r}; this version reads {FORMAT_VERSION} only")
-    return manifest
-
-
-def load_dataset(out_dir: Path) -> Dataset:
-    """Read ``out_dir/manifest.json``; arrays are opened lazily by :meth:`Dataset.arrays`.
-
-    Raises
-    ------
-    InputError
-        No manifest, another format version, or a malformed entry.
-    """
-    manifest = _read_manifest(out_dir)
-    if manifest is None:
-        raise InputError(f"{out_dir} holds no {MANIFEST_NAME}; build it with `ct2pet-node dataset build`")
-    studies = tuple(DatasetStudy.from_json(entry) for entry in manifest.get("studies", []))
-    return Dataset(root=out_dir, size=int(manifest["size"]), studies=studies)
 
 
 @contextmanager
@@ -259,6 +122,7 @@ def _study_entry(ct: CtVolume, pet: PetSeries, paired: PairedSlices) -> DatasetS
         frame_of_reference_uid=str(ct.frame_of_reference_uid),
         n_slices=len(paired.ct_hu),
         size=size,
+        grid_mapping=paired.mapping.describe(),
         affine=tuple(tuple(float(v) for v in row) for row in paired.affine),
         z_positions_mm=tuple(float(v) for v in origins @ normal),
         ct_sop_uids=tuple(str(s.sop_instance_uid) for s in ct_sources),
@@ -313,12 +177,24 @@ def _refuse_duplicate(
         )
 
 
+def _refuse_another_grid(manifest: dict[str, Any], frame: ModelFrame, out_dir: Path) -> None:
+    size, fov = int(manifest["size"]), float(manifest.get("field_of_view_mm", float("nan")))
+    if size != frame.matrix:
+        raise InputError(f"dataset {out_dir} holds {size}² studies; build with size {size}")
+    if not math.isclose(fov, frame.field_of_view_mm, rel_tol=1e-9, abs_tol=1e-6):
+        raise InputError(
+            f"dataset {out_dir} holds studies over a {fov:g} mm field of view, not "
+            f"{frame.field_of_view_mm:g} mm; build at {fov:g} mm (--field-of-view-mm {fov:g}) or into a new folder"
+        )
+
+
 def build_dataset(
     ct_dir: Path,
     pet_dir: Path,
     out_dir: Path,
     size: int = 256,
     *,
+    field_of_view_mm: float = RELEASE_FIELD_OF_VIEW_MM,
     overwrite: bool = False,
     slices: tuple[int, int] | None = None,
 ) -> DatasetStudy:
@@ -333,34 +209,57 @@ def build_dataset(
         The dataset; created when missing.
     size : int
         Rows and columns of the model grid; every study of a dataset has the same.
+    field_of_view_mm : float
+        In-plane field of view of the model grid in mm (default 500, the
+        release's and the demo's); every study of a dataset has the same. A CT
+        reconstructed at another is padded with air or cropped around its centre.
     overwrite : bool
         Replace a study already built from the same CT series instead of refusing.
     slices : tuple of int, optional
-        ``(start, stop)`` CT slice indices in position order: pair only those.
+        ``(start, stop)`` CT slice indices in the dataset's slice order (increasing
+        position feet to head, :func:`~ct2pet_node.training.pairing.in_model_slice_order`):
+        pair only those.
 
     Raises
     ------
     InputError
         Unusable CT or PET (the message says which and why), a CT series
-        already in the dataset, or a dataset of another size.
+        already in the dataset, or a dataset of another size or field of view.
     """
-    ct = read_ct_volume(ct_dir)
-    # Checked again under the lock; refusing here saves reading and resampling the PET.
-    _refuse_duplicate(
-        _read_manifest(out_dir) if out_dir.is_dir() else None, str(ct.series_uid), out_dir, overwrite
-    )
+    if not (math.isfinite(field_of_view_mm) and field_of_view_mm > 0):
+        raise InputError(f"field of view {field_of_view_mm} mm must be a positive number of mm, e.g. 500")
+    if size < 1:
+        raise InputError(f"model grid size {size} must be a positive number of pixels, e.g. 256")
+    frame = ModelFrame(size, field_of_view_mm / size, HEAD_FIRST_SUPINE)
+    existing = read_manifest(out_dir) if out_dir.is_dir() else None
+    if existing is not None:
+        # Checked again under the lock; refusing here saves reading and resampling both series.
+        _refuse_another_grid(existing, frame, out_dir)
+    ct = in_model_slice_order(read_ct_volume(ct_dir), frame)
+    _refuse_duplicate(existing, str(ct.series_uid), out_dir, overwrite)
     if slices is not None:
         ct = sub_volume(ct, *slices)
     pet = read_pet_series(pet_dir)
-    paired = pair_volumes(ct, pet, size)
+    paired = pair_volumes(ct, pet, frame)
+    if paired.mapping.scale > _SCALE_TOLERANCE:
+        # The node shows this CT to a model the same way, but its pixels are not the dataset's.
+        log.warning(
+            "dataset_study_rescaled",
+            ct_series_uid=str(ct.series_uid),
+            scale=round(paired.mapping.scale, 3),
+            field_of_view_mm=frame.field_of_view_mm,
+        )
     entry = _study_entry(ct, pet, paired)
     ensure_private_dir(out_dir)
     with _locked(out_dir):
-        manifest = _read_manifest(out_dir) or {"format_version": FORMAT_VERSION, "size": size, "studies": []}
-        if int(manifest["size"]) != size:
-            raise InputError(
-                f"dataset {out_dir} holds {manifest['size']}² studies; build with size {manifest['size']}"
-            )
+        manifest = read_manifest(out_dir) or {
+            "format_version": FORMAT_VERSION,
+            "size": size,
+            "field_of_view_mm": frame.field_of_view_mm,
+            "pixel_spacing_mm": frame.pixel_spacing_mm,
+            "studies": [],
+        }
+        _refuse_another_grid(manifest, frame, out_dir)
         _refuse_duplicate(manifest, entry.ct_series_uid, out_dir, overwrite)
         others = [s for s in manifest["studies"] if s.get("ct_series_uid") != entry.ct_series_uid]
         study_dir = out_dir / STUDIES_DIR / require_uid(entry.ct_series_uid, "CT SeriesInstanceUID")
@@ -386,6 +285,7 @@ def build_dataset(
         ct_series_uid=entry.ct_series_uid,
         pet_series_uid=entry.pet_series_uid,
         slices=entry.n_slices,
+        grid_mapping=entry.grid_mapping,
         suv_factor=entry.suv_factor,
         suv_max_paired=entry.suv_max_paired,
     )

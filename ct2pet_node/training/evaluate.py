@@ -19,6 +19,7 @@ files: :func:`load_evaluation_pair` prepares the slices once,
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -149,11 +150,33 @@ def _suv_range(manifest: WeightsManifest, origin: object) -> float:
     return float(manifest.pet_scaling.scale)
 
 
+def _refuse_another_field_of_view(manifest: WeightsManifest, data_dir: Path) -> None:
+    """A model sees anatomy at the pixel size it was trained at: evaluate it at that one."""
+    from ct2pet_node.training.dataset import load_dataset
+
+    dataset, frame = load_dataset(data_dir), manifest.frame
+    if not math.isclose(dataset.field_of_view_mm, frame.field_of_view_mm, rel_tol=1e-6):
+        raise InputError(
+            f"dataset {data_dir} covers {dataset.field_of_view_mm:g} mm in plane but model "
+            f"{manifest.model_id} was trained at {frame.field_of_view_mm:g} mm"
+            f"{' (assumed)' if frame.assumed else ''}; build the evaluation dataset with "
+            f"--field-of-view-mm {frame.field_of_view_mm:g}"
+        )
+
+
 def load_dataset_pair(
     weights_dir: Path | str, data_dir: Path | str, slices: str | None, *, study: str | None = None
 ) -> EvaluationPair:
-    """Slices A:B of one study of a built dataset (``study``: a CT series UID; default the first)."""
-    data_range = _suv_range(load_manifest(Path(weights_dir)), weights_dir)
+    """Slices A:B of one study of a built dataset (``study``: a CT series UID; default the first).
+
+    Raises
+    ------
+    InputError
+        The dataset's field of view is not the one the model was trained at.
+    """
+    manifest = load_manifest(Path(weights_dir))
+    data_range = _suv_range(manifest, weights_dir)
+    _refuse_another_field_of_view(manifest, Path(data_dir))
     studies = read_dataset(Path(data_dir))
     uid = study or next(iter(studies))
     if uid not in studies:
@@ -172,13 +195,21 @@ def load_evaluation_pair(
     """Slices A:B (position order) of a CT series folder and its PET series folder, at the model's size.
 
     The dataset builder pairs the series (resampled, PET in SUVbw, body mask)
-    into a temporary folder, as ``ct2pet-node evaluate`` does.
+    into a temporary folder, as ``ct2pet-node evaluate`` does, at the model's
+    training geometry (its manifest's ``geometry``; the release's assumed
+    500 mm when unstated): the grid the node would show the CT to the model on.
     """
     from ct2pet_node.training.dataset import build_dataset
 
-    size = int(load_manifest(Path(weights_dir)).architecture["image_size"])
+    frame = load_manifest(Path(weights_dir)).frame
     with tempfile.TemporaryDirectory(prefix="ct2pet-eval-") as tmp:
-        build_dataset(Path(ct_dir), Path(pet_dir), Path(tmp) / "dataset", size=size)
+        build_dataset(
+            Path(ct_dir),
+            Path(pet_dir),
+            Path(tmp) / "dataset",
+            size=frame.matrix,
+            field_of_view_mm=frame.field_of_view_mm,
+        )
         return load_dataset_pair(weights_dir, Path(tmp) / "dataset", slices)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ct2pet_node.domain.model_grid import ModelFrame
 from ct2pet_node.engine.bridge import BridgeSchedule
 from ct2pet_node.engine.weights import CtScaling, save_weights
 from ct2pet_node.training.baseline import HuLookupBaseline, save_baseline
@@ -60,8 +61,14 @@ def export_weights(
     baseline: HuLookupBaseline,
     origins: Sequence[tuple[str, int]],
     timings: Mapping[str, float],
+    *,
+    geometry: ModelFrame,
 ) -> str:
-    """Write weights, baseline and record into ``out_dir``; the manifest is renamed in last."""
+    """Write weights, baseline and record into ``out_dir``; the manifest is renamed in last.
+
+    ``geometry`` is the training slices' in-plane geometry (the dataset's), which the
+    manifest states so that the node shows every CT to the model the way it was trained.
+    """
     staging = out_dir / CHECKPOINT_DIR / "export"
     studies = sorted({uid for uid, _ in origins})
     holdout = config.data.holdout
@@ -85,6 +92,7 @@ def export_weights(
             },
             "hot_suv_threshold": config.data.hot_suv_threshold,
         },
+        geometry=geometry,
         overwrite=True,
     )
     for name in manifest.files:

@@ -11,7 +11,8 @@ Everything lands in the output folder::
 Output units are SUVbw: PET targets are SUV mapped to [-1, 1] by the
 configured ``linear`` or ``log1p`` normalisation with a fixed SUV scale,
 never by per-slice maxima. Slices of the held-out block and its margins are
-removed before anything (baseline included) sees the data.
+removed before anything (baseline included) sees the data. The manifest's
+``geometry`` is the dataset's: head-first supine slices at its pixel size.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 import structlog
 import torch
 
+from ct2pet_node.domain.model_grid import ModelFrame
 from ct2pet_node.engine.pipeline import resolve_device
 from ct2pet_node.engine.weights import CtScaling, PetScaling
 from ct2pet_node.errors import InputError
@@ -113,6 +115,17 @@ def read_dataset(data_dir: Path) -> dict[str, StudySlices]:
             z_over_x=float(spacing[2] / spacing[0]) if spacing[0] > 0 else 1.0,
         )
     return studies
+
+
+def training_geometry(data_dir: Path) -> ModelFrame:
+    """The in-plane geometry of a dataset's slices, which the exported manifest states.
+
+    Head-first supine at the dataset's pixel size (``field_of_view_mm / size``):
+    the grid the node will show every CT to the trained model on.
+    """
+    from ct2pet_node.training.dataset import load_dataset
+
+    return load_dataset(Path(data_dir)).frame
 
 
 def select_training_slices(studies: Mapping[str, StudySlices], config: TrainConfig) -> TrainingSlices:
@@ -200,6 +213,7 @@ def train(
     ckpt.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
     data = select_training_slices(read_dataset(Path(data_dir)), config)
+    geometry = training_geometry(Path(data_dir))
     log.info("training_started", slices=len(data.origins), device=str(device), out=str(out_dir))
     base = _fingerprint(
         data.hu,
@@ -308,7 +322,9 @@ def train(
     }
     states.update(load_payload(final_path(ckpt, "bridge"))["modules"])  # type: ignore[index]
     baseline = fit_hu_baseline(data.hu, data.suv)
-    model_id = export_weights(out_dir, config, architecture, states, baseline, data.origins, timings)
+    model_id = export_weights(
+        out_dir, config, architecture, states, baseline, data.origins, timings, geometry=geometry
+    )
     log.info("training_finished", model_id=model_id, out=str(out_dir))
     return TrainOutcome(True, out_dir, model_id, total)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ct2pet_node.dicom.resample import model_grid_affine, pet_on_grid, resample_in_plane
+from ct2pet_node.dicom.resample import pet_on_grid, resample_in_plane
 from ct2pet_node.domain.model_grid import ALL_OPS, ModelFrame, plan_model_grid
 from ct2pet_node.domain.volume import CtVolume, PetUnits, PetVolume, SourceSlice
 from ct2pet_node.errors import InputError
@@ -48,28 +48,17 @@ def linear(points: np.ndarray) -> np.ndarray:
     return (0.3 * points[..., 0] - 0.2 * points[..., 1] + 5.0).astype(np.float32)
 
 
-@pytest.mark.parametrize("oblique", [False, True])
-def test_model_grid_covers_the_ct_field_of_view_edge_to_edge(oblique: bool) -> None:
-    ct = make_ct(rows=30, columns=40, oblique=oblique)
-    model = model_grid_affine(ct, 8)
-    # Pixel edges (-0.5 and size - 0.5) of both grids land on the same points.
-    for ct_voxel, model_voxel in [((-0.5, -0.5), (-0.5, -0.5)), ((39.5, 29.5), (7.5, 7.5))]:
-        ct_point = ct.affine @ (*ct_voxel, 1, 1)
-        model_point = model @ (*model_voxel, 1, 1)
-        np.testing.assert_allclose(ct_point, model_point, atol=1e-9)
-    np.testing.assert_allclose(np.linalg.norm(model[:3, :2], axis=0), (0.7 * 40 / 8, 0.9 * 30 / 8))
-    np.testing.assert_array_equal(model[:3, 2], ct.affine[:3, 2])
-
-
-def test_model_grid_size_must_be_positive() -> None:
-    with pytest.raises(InputError):
-        model_grid_affine(make_ct(), 0)
+def model_grid(ct: CtVolume, size: int, field_of_view_mm: float) -> np.ndarray:
+    """The affine of the node's model grid over ``ct`` (see :mod:`ct2pet_node.domain.model_grid`)."""
+    frame = ModelFrame(size, field_of_view_mm / size)
+    return plan_model_grid(ct.affine, (ct.hu.shape[1], ct.hu.shape[2]), frame).model_affine
 
 
 @pytest.mark.parametrize("oblique", [False, True])
 def test_linear_field_is_reproduced_on_the_ct_grid(oblique: bool) -> None:
     ct = make_ct(oblique=oblique)
-    model = model_grid_affine(ct, 8)
+    # 28.8 mm: the CT's rows (32 x 0.9 mm), its columns (32 x 0.7 mm) padded to 41.
+    model = model_grid(ct, 8, 28.8)
     values = np.repeat(linear(centres(model, 8, 8))[None], 3, axis=0)
     result = resample_in_plane(values, model, ct.affine, (32, 32))
     expected = linear(centres(ct.affine, 32, 32))
@@ -82,7 +71,8 @@ def test_linear_field_is_reproduced_on_the_ct_grid(oblique: bool) -> None:
 
 def test_round_trip_model_to_ct_to_model_keeps_smooth_values() -> None:
     ct = make_ct()
-    model = model_grid_affine(ct, 16)
+    # 22.4 mm: the CT's columns (32 x 0.7 mm), its rows (32 x 0.9 mm) cropped to 25.
+    model = model_grid(ct, 16, 22.4)
     points = centres(model, 16, 16)
     values = np.sin(points[..., 0] / 6.0).astype(np.float32)[None].repeat(3, axis=0)
     there = resample_in_plane(values, model, ct.affine, (32, 32))
@@ -93,7 +83,10 @@ def test_round_trip_model_to_ct_to_model_keeps_smooth_values() -> None:
 def test_halving_averages_each_two_by_two_block() -> None:
     ct = make_ct(rows=8, columns=8, n=1)
     values = np.random.default_rng(3).random((1, 8, 8)).astype(np.float32)
-    model = model_grid_affine(ct, 4)
+    # Pixels twice the CT's, first centre half a CT pixel inside CT pixel 0's corner.
+    model = ct.affine.copy()
+    model[:3, :2] *= 2.0
+    model[:3, 3] += 0.5 * (ct.affine[:3, 0] + ct.affine[:3, 1])
     halved = resample_in_plane(values, ct.affine, model, (4, 4))
     blocks = values.reshape(1, 4, 2, 4, 2).mean(axis=(2, 4))
     np.testing.assert_allclose(halved, blocks, atol=1e-6)

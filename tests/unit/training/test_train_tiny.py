@@ -10,14 +10,17 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from ct2pet_node.domain.model_grid import HEAD_FIRST_SUPINE, ModelFrame
 from ct2pet_node.engine.pipeline import load_pipeline
-from ct2pet_node.errors import ConfigError
+from ct2pet_node.engine.weights import load_manifest
+from ct2pet_node.errors import ConfigError, InputError
 from ct2pet_node.training.dataset import ARRAY_NAMES, MANIFEST_NAME, DatasetStudy, SuvRecord
 from ct2pet_node.training.evaluate import METRIC_NAMES, evaluate_dataset
 from ct2pet_node.training.train import train
 
 SIZE = 32
 SLICES = 12
+PIXEL_MM = 3.9
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 
 TINY_TOML = """
@@ -89,7 +92,12 @@ def _write_dataset(root: Path) -> Path:
     }
     for name in ARRAY_NAMES:
         np.save(folder / f"{name}.npy", arrays[name])
-    affine = ((3.9, 0.0, 0.0, -60.0), (0.0, 3.9, 0.0, -60.0), (0.0, 0.0, 3.27, 0.0), (0.0, 0.0, 0.0, 1.0))
+    affine = (
+        (PIXEL_MM, 0.0, 0.0, -60.0),
+        (0.0, PIXEL_MM, 0.0, -60.0),
+        (0.0, 0.0, 3.27, 0.0),
+        (0.0, 0.0, 0.0, 1.0),
+    )
     entry = DatasetStudy(
         study_uid="1.2.3",
         ct_series_uid=STUDY,
@@ -97,6 +105,7 @@ def _write_dataset(root: Path) -> Path:
         frame_of_reference_uid="1.2.5",
         n_slices=SLICES,
         size=SIZE,
+        grid_mapping="in the model's orientation; field of view 125 mm as the model's",
         affine=affine,
         z_positions_mm=tuple(3.27 * i for i in range(SLICES)),
         ct_sop_uids=tuple(f"1.2.6.{i}" for i in range(SLICES)),
@@ -109,7 +118,13 @@ def _write_dataset(root: Path) -> Path:
         pet_fov_fraction=1.0,
         files=tuple((n, f"studies/{STUDY}/{n}.npy") for n in ARRAY_NAMES),
     )
-    manifest = {"format_version": 1, "size": SIZE, "studies": [entry.to_json()]}
+    manifest = {
+        "format_version": 2,
+        "size": SIZE,
+        "field_of_view_mm": SIZE * PIXEL_MM,
+        "pixel_spacing_mm": PIXEL_MM,
+        "studies": [entry.to_json()],
+    }
     (root / MANIFEST_NAME).write_text(json.dumps(manifest))
     return root
 
@@ -137,6 +152,29 @@ def test_trained_weights_load_through_the_pipeline_in_suv(tiny_setup: tuple[Path
     assert pet.shape == (2, SIZE, SIZE) and pet.dtype == np.float32
     assert pipeline.output_units == "SUVbw"
     assert np.all(pet >= 0) and np.all(pet <= 10.0)
+
+
+def test_the_weights_state_the_dataset_s_geometry(tiny_setup: tuple[Path, Path, Path]) -> None:
+    _, _, weights = tiny_setup
+    geometry = load_manifest(weights).geometry
+    # Head-first supine at the dataset's pixel size: what the node maps every CT to.
+    assert geometry == ModelFrame(SIZE, PIXEL_MM, HEAD_FIRST_SUPINE, assumed=False)
+    assert json.loads((weights / "manifest.json").read_text())["geometry"]["field_of_view_mm"] == (
+        pytest.approx(SIZE * PIXEL_MM)
+    )
+
+
+def test_evaluating_on_a_dataset_of_another_field_of_view_is_refused(
+    tiny_setup: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    _, data, weights = tiny_setup
+    other = tmp_path / "other"
+    shutil.copytree(data, other)
+    manifest = json.loads((other / MANIFEST_NAME).read_text())
+    manifest["field_of_view_mm"], manifest["pixel_spacing_mm"] = 500.0, 500.0 / SIZE
+    (other / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match=r"--field-of-view-mm 124\.8"):
+        evaluate_dataset(weights, other, "4:8", tmp_path / "report", device="cpu", progress=False)
 
 
 def test_training_never_sees_the_held_out_block(tiny_setup: tuple[Path, Path, Path]) -> None:
