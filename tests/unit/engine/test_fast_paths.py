@@ -148,9 +148,9 @@ def test_failed_compile_falls_back_to_eager_and_pads_batches(
     shapes: list[int] = []
     with structlog.testing.capture_logs() as logs:
         pipe = load_pipeline(tiny_weights, device="cpu", options=EngineOptions(compile=True, batch_size=2))
-        original = pipe.nets["unet"].forward
+        original = pipe.nets.unet.forward
         monkeypatch.setattr(
-            pipe.nets["unet"], "forward", lambda x, t: shapes.append(x.shape[0]) or original(x, t)
+            pipe.nets.unet, "forward", lambda x, t: shapes.append(x.shape[0]) or original(x, t)
         )
         out = pipe(hu, eta=1.0, steps=3, seed=11)
     assert [e["network"] for e in logs if e["event"] == "compile_failed"] == [
