@@ -36,13 +36,12 @@ from ct2pet_node.engine.options import (
     latent_side,
     resolve_options,
 )
-from ct2pet_node.engine.translation import Translation
+from ct2pet_node.engine.translation import Progress, Translation
 from ct2pet_node.engine.weights import WeightsManifest, load_manifest, load_state_dicts
 from ct2pet_node.errors import EngineError
 
 log = structlog.get_logger(__name__)
 
-Progress = Callable[[int, int], None]
 _AUTOCAST = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -82,6 +81,8 @@ class Pipeline:
     batch_size, decode_batch_size : int
         Slices sampled, and slices encoded or decoded, together; change them
         freely, results do not depend on them (beyond float32 rounding).
+        Out of device memory, a translation lowers them through
+        :meth:`lower_batch_size`.
     nets : Networks
         The networks, on ``device``.
 
@@ -129,6 +130,26 @@ class Pipeline:
                 net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self._unet_fn, self._encode_fn, self._decode_fn = self._network_calls()
         self.batch_size, self.decode_batch_size = self._batch_sizes()
+
+    def lower_batch_size(self, batch_size: int) -> None:
+        """Sample at most ``batch_size`` slices together from now on (and encode or decode no more).
+
+        The lasting side of the out-of-memory back-off: the next call starts at
+        the size that fitted, instead of running out of memory again first.
+        """
+        if batch_size < 1:
+            raise EngineError(f"batch size {batch_size} must be at least 1 slice")
+        before = self.batch_size
+        self.batch_size = min(self.batch_size, int(batch_size))
+        self.decode_batch_size = min(self.decode_batch_size, self.batch_size)
+        if self.batch_size != before:
+            log.info(
+                "batch_size_lowered",
+                device=str(self.device),
+                batch_size=self.batch_size,
+                decode_batch_size=self.decode_batch_size,
+                was=before,
+            )
 
     # --- fast-path plumbing ---------------------------------------------------------------------
     def _network_calls(self) -> tuple[Callable[..., torch.Tensor], ...]:

@@ -180,13 +180,28 @@ def test_out_of_memory_halves_the_batch_and_keeps_the_output(
         return original(self, ct01, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Pipeline, "translate_ct01", tight)
-    np.testing.assert_allclose(pipe(hu[:2], eta=1.0, steps=3, seed=11), exact_out[:2], atol=1e-5, rtol=0)
-    assert pipe.batch_size == 1
+    with structlog.testing.capture_logs() as logs:
+        out = pipe(hu[:2], eta=1.0, steps=3, seed=11)
+    np.testing.assert_allclose(out, exact_out[:2], atol=1e-5, rtol=0)
+    assert pipe.batch_size == pipe.decode_batch_size == 1  # kept for later calls, and said so
+    assert [e["was"] for e in logs if e["event"] == "batch_size_lowered"] == [2]
     monkeypatch.setattr(
         Pipeline, "translate_ct01", lambda *a: (_ for _ in ()).throw(torch.OutOfMemoryError())
     )
     with pytest.raises(EngineError, match="one slice per batch"):
         pipe(hu[:1], eta=1.0, steps=3, seed=11)
+
+
+def test_lower_batch_size_only_lowers(tiny_weights: Path) -> None:
+    pipe = load_pipeline(tiny_weights, device="cpu", options=EngineOptions(batch_size=4, decode_batch_size=2))
+    pipe.lower_batch_size(8)
+    assert (pipe.batch_size, pipe.decode_batch_size) == (4, 2)
+    pipe.lower_batch_size(3)
+    assert (pipe.batch_size, pipe.decode_batch_size) == (3, 2)
+    pipe.lower_batch_size(1)
+    assert (pipe.batch_size, pipe.decode_batch_size) == (1, 1)
+    with pytest.raises(EngineError, match="batch size 0"):
+        pipe.lower_batch_size(0)
 
 
 def test_threads_option_and_cpu_math_context(tiny_weights: Path) -> None:
