@@ -23,6 +23,7 @@ import structlog
 import torch
 import torch.nn.functional as F
 
+from ct2pet_node.config import AUTO
 from ct2pet_node.domain.model_grid import GridMapping, body_extent, plan_model_grid
 from ct2pet_node.engine.attenuation import AttenuationKvp, attenuation_map
 from ct2pet_node.engine.bridge import BridgeSchedule
@@ -47,7 +48,7 @@ _AUTOCAST = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 def resolve_device(device: str) -> torch.device:
     """``auto`` -> CUDA when present else CPU; ``cpu``, ``cuda``, ``cuda:N`` checked to exist."""
-    if device == "auto":
+    if device == AUTO:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         chosen = torch.device(device)

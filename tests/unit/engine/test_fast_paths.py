@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import structlog
 import torch
 
+from ct2pet_node.config import ENGINE_COUNTS, ENGINE_SWITCHES, load_config
 from ct2pet_node.engine import fast_paths
 from ct2pet_node.engine.fast_paths import CompiledOrEager, GraphedCall, cuda_math
 from ct2pet_node.engine.options import (
@@ -69,6 +71,19 @@ def test_cuda_only_paths_on_the_cpu_are_refused_or_switched_off() -> None:
         resolved = resolve_options(EngineOptions(cuda_graphs=True), "cpu")
     assert not resolved.cuda_graphs
     assert any(e["event"] == "fast_path_unavailable" and e["path"] == "cuda_graphs" for e in logs)
+
+
+def test_engine_table_maps_to_options_by_name() -> None:
+    fields = {f.name for f in dataclasses.fields(EngineOptions)}
+    assert fields == {"precision", *ENGINE_SWITCHES, *ENGINE_COUNTS}  # what from_config relies on
+    engine = load_config().engine
+    assert EngineOptions.from_config(engine) == EngineOptions()  # the default leaves all to the device
+    chosen = dataclasses.replace(
+        engine, precision="bfloat16", channels_last=True, overlap=False, decode_batch_size=4, threads=2
+    )
+    assert EngineOptions.from_config(chosen) == EngineOptions(
+        precision="bfloat16", channels_last=True, overlap=False, decode_batch_size=4, threads=2
+    )
 
 
 @pytest.mark.parametrize(
