@@ -46,7 +46,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ct2pet_node.engine import load_pipeline
 from ct2pet_node.engine.bridge import BridgeSchedule
-from ct2pet_node.engine.networks import RELEASE_CONFIG, VQGAN, SegmentationUNet, SpatialRescaler, UNet
+from ct2pet_node.engine.networks import (
+    RELEASE_CONFIG,
+    VQGAN,
+    Networks,
+    SegmentationUNet,
+    SpatialRescaler,
+    UNet,
+)
 from ct2pet_node.engine.networks.segmentation import SegmentationArchitecture
 from ct2pet_node.engine.options import ERROR_BUDGET, EngineOptions, cpu_batch_size, latent_side
 from ct2pet_node.engine.pipeline import Pipeline, resolve_device
@@ -153,12 +160,12 @@ def release_pipeline(
     manifest = release_manifest()
     arch = manifest.architecture
     seg, cond = arch["segmentation"], arch["cond_stage"]
-    networks = {
-        "vqgan": VQGAN.from_config(arch["vqgan"]),
-        "unet": UNet.from_config(arch["unet"]),
-        "cond_attention": SpatialRescaler(cond["n_stages"], cond["in_channels"], cond["out_channels"]),
-        "cond_attenuation": SpatialRescaler(cond["n_stages"], cond["in_channels"], cond["out_channels"]),
-        "segmentation": SegmentationUNet(
+    networks = Networks(
+        vqgan=VQGAN.from_config(arch["vqgan"]),
+        unet=UNet.from_config(arch["unet"]),
+        cond_attention=SpatialRescaler(cond["n_stages"], cond["in_channels"], cond["out_channels"]),
+        cond_attenuation=SpatialRescaler(cond["n_stages"], cond["in_channels"], cond["out_channels"]),
+        segmentation=SegmentationUNet(
             SegmentationArchitecture(
                 in_channels=seg["in_channels"],
                 classes=seg["classes"],
@@ -168,8 +175,8 @@ def release_pipeline(
                 head_kernel=3,
             )
         ),
-    }
-    for net in networks.values():
+    )
+    for _, net in networks.named():
         net.eval().requires_grad_(False)
     return Pipeline(manifest, networks, device, precision, batch_size, options)
 

@@ -70,16 +70,7 @@ def load_translator(config: Config) -> Translator:
     from ct2pet_node.engine.options import EngineOptions
 
     engine = config.engine
-    options = EngineOptions(
-        precision=engine.precision,
-        channels_last=engine.channels_last,
-        compile=engine.compile,
-        cuda_graphs=engine.cuda_graphs,
-        batch_size=engine.batch_size,
-        decode_batch_size=engine.decode_batch_size,
-        overlap=engine.overlap,
-        threads=engine.threads,
-    )
+    options = EngineOptions.from_config(engine)
     pipeline: Translator = load_pipeline(weights_dir, device=engine.device, options=options)
     return pipeline
 

@@ -12,6 +12,8 @@ reading and merging. Import from here: this package's names are its API.
 
 from ct2pet_node.config.load import DEFAULT_CONFIG_PATH, load_config, parse_config
 from ct2pet_node.config.model import (
+    AUTO,
+    CUDA_ONLY_PRECISIONS,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_RETRY_DELAYS_SECONDS,
     ENGINE_COUNTS,
@@ -33,6 +35,8 @@ from ct2pet_node.config.model import (
 from ct2pet_node.errors import ConfigError
 
 __all__ = [
+    "AUTO",
+    "CUDA_ONLY_PRECISIONS",
     "DEFAULT_CONFIG_PATH",
     "DEFAULT_MAX_ATTEMPTS",
     "DEFAULT_RETRY_DELAYS_SECONDS",

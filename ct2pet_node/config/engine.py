@@ -7,6 +7,8 @@ from typing import Any
 
 from ct2pet_node.config.checks import Checker
 from ct2pet_node.config.model import (
+    AUTO,
+    CUDA_ONLY_PRECISIONS,
     ENGINE_COUNTS,
     ENGINE_SWITCHES,
     OUTPUT_KINDS,
@@ -17,7 +19,7 @@ from ct2pet_node.config.model import (
 
 
 def _device(value: str) -> bool:
-    if value in ("auto", "cpu", "cuda"):
+    if value in (AUTO, "cpu", "cuda"):
         return True
     prefix, _, index = value.partition(":")
     return prefix == "cuda" and index.isdigit()
@@ -32,7 +34,7 @@ def _optional_auto(
     fix: str,
 ) -> Any:
     """An optional ``[engine]`` value where absent or ``"auto"`` means None (the default's choice)."""
-    if table.get(key, "auto") == "auto":
+    if table.get(key, AUTO) == AUTO:
         return None
     return check.get("[engine]", table, key, kind, rule, f'{fix}, or "auto"')
 
@@ -50,7 +52,7 @@ def parse_engine(check: Checker) -> EngineConfig:
     # Absent: the model's own eta (its manifest), as steps = 0 takes the model's own steps.
     eta = _optional_auto(check, table, "eta", (int, float), lambda v: 0 <= v <= 1, "between 0 and 1")
     seed = check.get("[engine]", table, "seed", int, lambda v: v >= 0, "an integer, 0 or more")
-    if precision in ("tf32", "float16") and device == "cpu":
+    if precision in CUDA_ONLY_PRECISIONS and device == "cpu":
         check.problems.append(
             f'[engine] precision: {precision} needs CUDA; use "float32" (or "bfloat16") with device "cpu"'
         )
@@ -64,7 +66,7 @@ def parse_engine(check: Checker) -> EngineConfig:
     }
     return EngineConfig(
         weights=weights or "",
-        device=device or "auto",
+        device=device or AUTO,
         steps=steps or 0,
         precision=precision or "float32",
         eta=None if eta is None else float(eta),

@@ -15,7 +15,13 @@ from ct2pet_node.errors import ConfigError
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 WEIGHTS_ROOT = PROJECT_ROOT / "weights"
 OUTPUT_KINDS = ("secondary-capture", "pet")
+# The engine's choices are declared here, once, and imported by ct2pet_node/engine/options.py:
+# config imports nothing of the engine, so torch can never reach it that way.
+# "auto": as device, CUDA when present; as a fast-path value, the device's default (None).
+AUTO = "auto"
 PRECISIONS = ("float32", "tf32", "bfloat16", "float16")
+# Offered on CUDA only; bfloat16 autocast is offered on CPUs too (engine/options.py).
+CUDA_ONLY_PRECISIONS = ("tf32", "float16")
 # Fast-path switches of [engine]: absent or "auto" leaves the choice to the device's default
 # (ct2pet_node/engine/options.py), so a config moved between a GPU and a CPU host stays right.
 ENGINE_SWITCHES = ("channels_last", "compile", "cuda_graphs", "overlap")

@@ -7,6 +7,10 @@ where it was measured to stay within :data:`ERROR_BUDGET` of the exact float32
 path on that kind of device (README, "Performance"). The rules here take values
 and return values: the free memory and the device kind are passed in, so the
 choice is testable without a GPU. torch is not imported.
+
+The choices themselves (precisions, switch and count names) are the
+configuration's (:mod:`ct2pet_node.config.model`), declared there once;
+:meth:`EngineOptions.from_config` is the one mapping from ``[engine]`` to here.
 """
 
 from __future__ import annotations
@@ -17,11 +21,17 @@ from typing import Any
 
 import structlog
 
+from ct2pet_node.config import (
+    CUDA_ONLY_PRECISIONS,
+    ENGINE_COUNTS,
+    ENGINE_SWITCHES,
+    PRECISIONS,
+    EngineConfig,
+)
 from ct2pet_node.errors import EngineError
 
 log = structlog.get_logger(__name__)
 
-PRECISIONS = ("float32", "tf32", "bfloat16", "float16")
 # Largest batch the engine runs at once; beyond it nothing is gained and a chunk of the
 # worker (16 slices) is split anyway.
 MAX_BATCH = 64
@@ -103,12 +113,19 @@ class EngineOptions:
         problems = []
         if self.precision not in PRECISIONS:
             problems.append(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}")
-        for name in ("batch_size", "decode_batch_size", "threads"):
+        for name in ENGINE_COUNTS:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, int) and value >= 1):
                 problems.append(f"{name} {value!r} must be a whole number >= 1 or None (automatic)")
         if problems:
             raise EngineError("unusable engine options: " + "; ".join(problems))
+
+    @classmethod
+    def from_config(cls, engine: EngineConfig) -> EngineOptions:
+        """The fast paths an ``[engine]`` table asks for; what it leaves to ``"auto"`` stays None."""
+        # By name: every switch and count of [engine] is a field here of the same name and meaning.
+        chosen = {name: getattr(engine, name) for name in (*ENGINE_SWITCHES, *ENGINE_COUNTS)}
+        return cls(precision=engine.precision, **chosen)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +185,7 @@ def resolve_options(options: EngineOptions, device_type: str) -> ResolvedOptions
     """
     if device_type not in _DEFAULTS:
         raise EngineError(f"device type {device_type!r} has no engine defaults; use cpu or cuda")
-    if options.precision not in ("float32", "bfloat16") and device_type != "cuda":
+    if options.precision in CUDA_ONLY_PRECISIONS and device_type != "cuda":
         raise EngineError(
             f"precision {options.precision} is only offered on CUDA; use float32 or bfloat16 on {device_type}"
         )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,12 +22,13 @@ import numpy as np
 import structlog
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from ct2pet_node.config import AUTO
 from ct2pet_node.domain.model_grid import GridMapping, body_extent, plan_model_grid
 from ct2pet_node.engine.attenuation import AttenuationKvp, attenuation_map
 from ct2pet_node.engine.bridge import BridgeSchedule
 from ct2pet_node.engine.fast_paths import CompiledOrEager, GraphedCall, cuda_free_bytes, cuda_math
+from ct2pet_node.engine.networks import Networks, build_networks
 from ct2pet_node.engine.options import (
     EngineOptions,
     choose_batch_sizes,
@@ -36,61 +37,18 @@ from ct2pet_node.engine.options import (
     latent_side,
     resolve_options,
 )
-from ct2pet_node.engine.translation import Translation
+from ct2pet_node.engine.translation import Progress, Translation
 from ct2pet_node.engine.weights import WeightsManifest, load_manifest, load_state_dicts
-from ct2pet_node.errors import Ct2PetError, EngineError, WeightsError
+from ct2pet_node.errors import EngineError
 
 log = structlog.get_logger(__name__)
 
-Progress = Callable[[int, int], None]
 _AUTOCAST = {"bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def build_networks(
-    architecture: Mapping[str, Any], state_dicts: Mapping[str, Mapping[str, torch.Tensor]], origin: str
-) -> dict[str, nn.Module]:
-    """Build every network the architecture names and load its weights strictly (CPU, eval mode).
-
-    Raises
-    ------
-    WeightsError
-        A network is missing, cannot be built from the architecture, or its
-        weights do not fit it (missing, unexpected or misshapen keys).
-    """
-    from ct2pet_node.engine.networks import VQGAN, SegmentationUNet, SpatialRescaler, UNet
-
-    cond = architecture["cond_stage"]
-    makers: dict[str, Callable[[Mapping[str, torch.Tensor]], nn.Module]] = {
-        "vqgan": lambda s: VQGAN.from_config(architecture["vqgan"]),
-        "unet": lambda s: UNet.from_config(architecture["unet"]),
-        "cond_attention": lambda s: SpatialRescaler(
-            int(cond["n_stages"]), int(cond["in_channels"]), int(cond["out_channels"])
-        ),
-        "cond_attenuation": lambda s: SpatialRescaler(
-            int(cond["n_stages"]), int(cond["in_channels"]), int(cond["out_channels"])
-        ),
-        "segmentation": lambda s: SegmentationUNet.from_state_dict_shapes(
-            {k: tuple(v.shape) for k, v in s.items()}, architecture.get("segmentation")
-        ),
-    }
-    missing = [name for name in makers if name not in state_dicts]
-    if missing:
-        raise WeightsError(f"{origin} lacks the {missing} network weights; re-import or re-train")
-    built = {}
-    for name, make in makers.items():
-        state = state_dicts[name]
-        try:
-            module = make(state)
-            module.load_state_dict(dict(state), strict=True)
-        except (RuntimeError, ValueError, KeyError, TypeError, Ct2PetError) as exc:
-            raise WeightsError(f"{origin}: the {name} weights do not fit its architecture: {exc}") from exc
-        built[name] = module.eval().requires_grad_(False)
-    return built
 
 
 def resolve_device(device: str) -> torch.device:
     """``auto`` -> CUDA when present else CPU; ``cpu``, ``cuda``, ``cuda:N`` checked to exist."""
-    if device == "auto":
+    if device == AUTO:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         chosen = torch.device(device)
@@ -124,6 +82,10 @@ class Pipeline:
     batch_size, decode_batch_size : int
         Slices sampled, and slices encoded or decoded, together; change them
         freely, results do not depend on them (beyond float32 rounding).
+        Out of device memory, a translation lowers them through
+        :meth:`lower_batch_size`.
+    nets : Networks
+        The networks, on ``device``.
 
     Notes
     -----
@@ -134,7 +96,7 @@ class Pipeline:
     def __init__(
         self,
         manifest: WeightsManifest,
-        networks: Mapping[str, nn.Module],
+        networks: Networks,
         device: torch.device,
         precision: str | None = None,
         batch_size: int | None = None,
@@ -162,13 +124,33 @@ class Pipeline:
         self.kvp_policy = AttenuationKvp.from_dict(manifest.normalisation.get("attenuation_kvp", {}))
         if self.options.threads is not None:
             torch.set_num_threads(self.options.threads)
-        # Any: the networks' own methods (encode, decode, quantize) are not on nn.Module.
-        self.nets: dict[str, Any] = {name: net.to(device) for name, net in networks.items()}
+        self.nets = networks.to(device)
         if self.options.channels_last:
-            for name in ("unet", "vqgan", "segmentation"):
-                self.nets[name].to(memory_format=torch.channels_last)
+            for net in (self.nets.unet, self.nets.vqgan, self.nets.segmentation):
+                # torch's stubs lack Module.to's memory_format overload; it exists at run time.
+                net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self._unet_fn, self._encode_fn, self._decode_fn = self._network_calls()
         self.batch_size, self.decode_batch_size = self._batch_sizes()
+
+    def lower_batch_size(self, batch_size: int) -> None:
+        """Sample at most ``batch_size`` slices together from now on (and encode or decode no more).
+
+        The lasting side of the out-of-memory back-off: the next call starts at
+        the size that fitted, instead of running out of memory again first.
+        """
+        if batch_size < 1:
+            raise EngineError(f"batch size {batch_size} must be at least 1 slice")
+        before = self.batch_size
+        self.batch_size = min(self.batch_size, int(batch_size))
+        self.decode_batch_size = min(self.decode_batch_size, self.batch_size)
+        if self.batch_size != before:
+            log.info(
+                "batch_size_lowered",
+                device=str(self.device),
+                batch_size=self.batch_size,
+                decode_batch_size=self.decode_batch_size,
+                was=before,
+            )
 
     # --- fast-path plumbing ---------------------------------------------------------------------
     def _network_calls(self) -> tuple[Callable[..., torch.Tensor], ...]:
@@ -176,17 +158,17 @@ class Pipeline:
 
         def unet(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             with self._autocast():
-                out: torch.Tensor = self.nets["unet"](x_in, t).float()
+                out: torch.Tensor = self.nets.unet(x_in, t).float()
             return out
 
         def encode(image: torch.Tensor) -> torch.Tensor:
             with self._autocast():
-                out: torch.Tensor = self.nets["vqgan"].encode(image).float()
+                out: torch.Tensor = self.nets.vqgan.encode(image).float()
             return out
 
         def decode(z: torch.Tensor) -> torch.Tensor:
             with self._autocast():
-                out: torch.Tensor = self.nets["vqgan"].decode(z).float()
+                out: torch.Tensor = self.nets.vqgan.decode(z).float()
             return out
 
         unet_fn: Callable[..., torch.Tensor] = unet
@@ -250,7 +232,7 @@ class Pipeline:
     def segmentation_logits(self, ct01: torch.Tensor) -> torch.Tensor:
         """Stage 2a: segmentation U-Net logits (B, 1, H, W) from CT in [0, 1], no ImageNet normalisation."""
         with self._autocast():
-            out: torch.Tensor = self.nets["segmentation"](self._layout(ct01)).float()
+            out: torch.Tensor = self.nets.segmentation(self._layout(ct01)).float()
         return out.contiguous()
 
     def attention_map(self, ct01: torch.Tensor) -> torch.Tensor:
@@ -265,7 +247,7 @@ class Pipeline:
     def context(self, attention: torch.Tensor, attenuation: torch.Tensor) -> torch.Tensor:
         """Stage 4: concat(cond_attention(attention), cond_attenuation(attenuation)) on channels."""
         return torch.cat(
-            [self.nets["cond_attention"](attention), self.nets["cond_attenuation"](attenuation)], dim=1
+            [self.nets.cond_attention(attention), self.nets.cond_attenuation(attenuation)], dim=1
         )
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:

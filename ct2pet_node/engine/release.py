@@ -12,17 +12,23 @@ import pickle
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 import torch
 import yaml
 
 from ct2pet_node.domain.model_grid import HEAD_FIRST_SUPINE, ModelFrame
+from ct2pet_node.engine.bridge import BridgeSchedule
+from ct2pet_node.engine.networks import build_networks, segmentation_spec_from_shapes
+from ct2pet_node.engine.weights import (
+    RELEASE_CALIBRATION,
+    WeightsManifest,
+    release_normalisation,
+    save_weights,
+    sha256_of,
+)
 from ct2pet_node.errors import InputError, WeightsError
-
-if TYPE_CHECKING:
-    from ct2pet_node.engine.weights import WeightsManifest
 
 log = structlog.get_logger(__name__)
 
@@ -297,8 +303,6 @@ def architecture_from_config(config: Mapping[str, Any], path: Path) -> dict[str,
 
 def _check_schedule(buffers: Mapping[str, torch.Tensor], bridge: Mapping[str, Any], path: Path) -> None:
     """The config's bridge must reproduce the m_t/variance_t buffers the weights were trained with."""
-    from ct2pet_node.engine.bridge import BridgeSchedule
-
     schedule = BridgeSchedule.from_config(bridge)
     for name, ours in (("m_t", schedule.m_t), ("variance_t", schedule.variance_t)):
         stored = buffers.get(name)
@@ -340,8 +344,6 @@ def _segmentation_spec(
     The shapes decide, not the full-size release's resnet34 at depth 5: a
     retrained segmenter (another ResNet, depth or decoder) imports as it is.
     """
-    from ct2pet_node.engine.networks import segmentation_spec_from_shapes
-
     if given is None:
         spec = None
     elif isinstance(given, Mapping):
@@ -381,9 +383,6 @@ def import_release_files(
     and load its weights strictly (so an incompatible file fails here, not at
     inference); save with :func:`ct2pet_node.engine.weights.save_weights`.
     """
-    from ct2pet_node.engine.pipeline import build_networks
-    from ct2pet_node.engine.weights import RELEASE_CALIBRATION, release_normalisation, save_weights, sha256_of
-
     config_yaml, cpdm, segmentation = Path(config_yaml), Path(cpdm), Path(segmentation)
     architecture = architecture_from_config(read_release_config(config_yaml), config_yaml)
     networks, buffers = split_cpdm(model_state_dict(load_checkpoint(cpdm), cpdm), cpdm)

@@ -1,16 +1,18 @@
 """One call of the pipeline written out: batches, padding, overlap, out-of-memory back-off.
 
 Split from :mod:`ct2pet_node.engine.pipeline`, which owns the stages; this
-module owns the order in which batches go through them. Arrays are numpy
-(N, H, W) float32 at the edges, tensors (B, C, H, W) inside.
+module owns the order in which batches go through them. It sees the pipeline
+only through :class:`Stages` (public members), so the pipeline imports this
+module and not the other way round. Arrays are numpy (N, H, W) float32 at the
+edges, tensors (B, C, H, W) inside.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import structlog
@@ -19,9 +21,42 @@ import torch
 from ct2pet_node.errors import EngineError
 
 if TYPE_CHECKING:
-    from ct2pet_node.engine.pipeline import Pipeline, Progress
+    from ct2pet_node.engine.bridge import BridgeSchedule
+    from ct2pet_node.engine.options import ResolvedOptions
+    from ct2pet_node.engine.weights import WeightsManifest
 
 log = structlog.get_logger(__name__)
+
+Progress = Callable[[int, int], None]
+
+
+class Stages(Protocol):
+    """What a translation uses of its :class:`~ct2pet_node.engine.pipeline.Pipeline`: public members only."""
+
+    # Read, never written: lower_batch_size is the one lasting change a translation makes.
+    device: torch.device
+    image_size: int
+    options: ResolvedOptions
+    schedule: BridgeSchedule
+    manifest: WeightsManifest
+    batch_size: int
+
+    def resize(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor: ...
+
+    def attenuation_map(self, ct01: torch.Tensor, kvp: float) -> torch.Tensor: ...
+
+    def translate_ct01(
+        self,
+        ct01: torch.Tensor,
+        kvp: float,
+        steps: int | None,
+        eta: float | None,
+        generators: Sequence[torch.Generator] | None,
+        progress: Callable[[int], None] | None = None,
+        attenuation: torch.Tensor | None = None,
+    ) -> torch.Tensor: ...
+
+    def lower_batch_size(self, batch_size: int) -> None: ...
 
 
 def slice_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]:
@@ -35,7 +70,7 @@ def slice_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]
 
 @dataclass(slots=True)
 class Translation:
-    """One call of a :class:`Pipeline`: batching, padding, overlap and out-of-memory back-off.
+    """One call of a pipeline: batching, padding, overlap and out-of-memory back-off.
 
     ``ct01`` is the region of the CT that covers the model's field of view
     (:class:`~ct2pet_node.domain.model_grid.GridMapping`), resized here to
@@ -47,9 +82,13 @@ class Translation:
     turn (the exact path). With it, a helper thread prepares the next batch
     (resize and attenuation map on the CPU, upload) and finishes the previous
     one (copy back, resize, output units) while the device samples.
+
+    The batch size starts at the pipeline's and is this call's own: out of
+    memory halves it for the rest of the call, and asks the pipeline (through
+    :meth:`Stages.lower_batch_size`) to keep the lower size for later calls.
     """
 
-    pipe: Pipeline
+    pipe: Stages
     ct01: np.ndarray
     kvp: float
     steps: int | None
@@ -59,6 +98,7 @@ class Translation:
     progress: Progress | None
     out_shape: tuple[int, int] | None = None
     out: np.ndarray = field(init=False)
+    batch_size: int = field(init=False, default=1)
     total: int = field(init=False, default=0)
     done: int = field(init=False, default=0)
 
@@ -67,6 +107,7 @@ class Translation:
         pipe, count = self.pipe, self.ct01.shape[0]
         shape = self.out_shape or (pipe.image_size, pipe.image_size)
         self.out = np.empty((count, *shape), dtype=np.float32)
+        self.batch_size = max(1, int(pipe.batch_size))
         self.total = count * len(pipe.schedule.timesteps(self.steps))
         overlap = pipe.options.overlap
         pool = ThreadPoolExecutor(1, thread_name_prefix="engine-overlap") if overlap else None
@@ -75,7 +116,7 @@ class Translation:
         try:
             start = 0
             while start < count:
-                batch = range(start, min(count, start + max(1, int(pipe.batch_size))))
+                batch = range(start, min(count, start + self.batch_size))
                 prepared = None
                 if prefetched is not None and prefetched[0] == batch:
                     prepared = prefetched[1].result()
@@ -124,7 +165,7 @@ class Translation:
             ct01, attenuation = prepared
         first = batch.start + self.first_slice_index
         generators = slice_generators(self.seed, range(first, first + real))
-        pad = pipe.batch_size - real if pipe.options.fixed_shapes else 0
+        pad = self.batch_size - real if pipe.options.fixed_shapes else 0
         if pad > 0:
             # Compiled code and CUDA graphs are specialised to one batch shape: repeat the
             # last slice to fill it. Slices are independent, so the real ones are unchanged.
@@ -168,12 +209,13 @@ class Translation:
 
     def _back_off(self, exc: torch.OutOfMemoryError) -> None:
         pipe = self.pipe
-        if pipe.batch_size <= 1:
+        if self.batch_size <= 1:
             raise EngineError(
                 f"out of {pipe.device} memory with one slice per batch; free the device or run on the CPU"
             ) from exc
-        pipe.batch_size = max(1, pipe.batch_size // 2)
-        pipe.decode_batch_size = min(pipe.decode_batch_size, pipe.batch_size)
+        self.batch_size = max(1, self.batch_size // 2)
         if pipe.device.type == "cuda":
             torch.cuda.empty_cache()
-        log.warning("batch_out_of_memory", device=str(pipe.device), batch_size=pipe.batch_size)
+        log.warning("batch_out_of_memory", device=str(pipe.device), batch_size=self.batch_size)
+        # The next call would run out of memory at the old size again.
+        pipe.lower_batch_size(self.batch_size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import structlog
 import torch
 
+from ct2pet_node.config import ENGINE_COUNTS, ENGINE_SWITCHES, load_config
 from ct2pet_node.engine import fast_paths
 from ct2pet_node.engine.fast_paths import CompiledOrEager, GraphedCall, cuda_math
 from ct2pet_node.engine.options import (
@@ -69,6 +71,19 @@ def test_cuda_only_paths_on_the_cpu_are_refused_or_switched_off() -> None:
         resolved = resolve_options(EngineOptions(cuda_graphs=True), "cpu")
     assert not resolved.cuda_graphs
     assert any(e["event"] == "fast_path_unavailable" and e["path"] == "cuda_graphs" for e in logs)
+
+
+def test_engine_table_maps_to_options_by_name() -> None:
+    fields = {f.name for f in dataclasses.fields(EngineOptions)}
+    assert fields == {"precision", *ENGINE_SWITCHES, *ENGINE_COUNTS}  # what from_config relies on
+    engine = load_config().engine
+    assert EngineOptions.from_config(engine) == EngineOptions()  # the default leaves all to the device
+    chosen = dataclasses.replace(
+        engine, precision="bfloat16", channels_last=True, overlap=False, decode_batch_size=4, threads=2
+    )
+    assert EngineOptions.from_config(chosen) == EngineOptions(
+        precision="bfloat16", channels_last=True, overlap=False, decode_batch_size=4, threads=2
+    )
 
 
 @pytest.mark.parametrize(
@@ -148,9 +163,9 @@ def test_failed_compile_falls_back_to_eager_and_pads_batches(
     shapes: list[int] = []
     with structlog.testing.capture_logs() as logs:
         pipe = load_pipeline(tiny_weights, device="cpu", options=EngineOptions(compile=True, batch_size=2))
-        original = pipe.nets["unet"].forward
+        original = pipe.nets.unet.forward
         monkeypatch.setattr(
-            pipe.nets["unet"], "forward", lambda x, t: shapes.append(x.shape[0]) or original(x, t)
+            pipe.nets.unet, "forward", lambda x, t: shapes.append(x.shape[0]) or original(x, t)
         )
         out = pipe(hu, eta=1.0, steps=3, seed=11)
     assert [e["network"] for e in logs if e["event"] == "compile_failed"] == [
@@ -180,13 +195,28 @@ def test_out_of_memory_halves_the_batch_and_keeps_the_output(
         return original(self, ct01, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Pipeline, "translate_ct01", tight)
-    np.testing.assert_allclose(pipe(hu[:2], eta=1.0, steps=3, seed=11), exact_out[:2], atol=1e-5, rtol=0)
-    assert pipe.batch_size == 1
+    with structlog.testing.capture_logs() as logs:
+        out = pipe(hu[:2], eta=1.0, steps=3, seed=11)
+    np.testing.assert_allclose(out, exact_out[:2], atol=1e-5, rtol=0)
+    assert pipe.batch_size == pipe.decode_batch_size == 1  # kept for later calls, and said so
+    assert [e["was"] for e in logs if e["event"] == "batch_size_lowered"] == [2]
     monkeypatch.setattr(
         Pipeline, "translate_ct01", lambda *a: (_ for _ in ()).throw(torch.OutOfMemoryError())
     )
     with pytest.raises(EngineError, match="one slice per batch"):
         pipe(hu[:1], eta=1.0, steps=3, seed=11)
+
+
+def test_lower_batch_size_only_lowers(tiny_weights: Path) -> None:
+    pipe = load_pipeline(tiny_weights, device="cpu", options=EngineOptions(batch_size=4, decode_batch_size=2))
+    pipe.lower_batch_size(8)
+    assert (pipe.batch_size, pipe.decode_batch_size) == (4, 2)
+    pipe.lower_batch_size(3)
+    assert (pipe.batch_size, pipe.decode_batch_size) == (3, 2)
+    pipe.lower_batch_size(1)
+    assert (pipe.batch_size, pipe.decode_batch_size) == (1, 1)
+    with pytest.raises(EngineError, match="batch size 0"):
+        pipe.lower_batch_size(0)
 
 
 def test_threads_option_and_cpu_math_context(tiny_weights: Path) -> None:

@@ -16,12 +16,13 @@ import yaml
 from ct2pet_node.engine.networks import (
     RELEASE_CONFIG,
     VQGAN,
+    Networks,
     SegmentationUNet,
     SpatialRescaler,
     UNet,
 )
 from ct2pet_node.engine.networks.unet import AttentionBlock
-from ct2pet_node.errors import ConfigError, WeightsError
+from ct2pet_node.errors import ConfigError, EngineError, WeightsError
 
 ATOL = 1e-4
 SCHEDULE_BUFFERS = {
@@ -326,3 +327,10 @@ def test_segmentation_without_its_unused_encoder_stages_round_trips() -> None:
     holes = {k: tuple(v.shape) for k, v in state.items() if not k.startswith("encoder.layer2")}
     with pytest.raises(WeightsError, match="block counts"):
         SegmentationUNet.from_state_dict_shapes(holes, None)
+
+
+def test_networks_of_the_wrong_kind_are_refused_at_construction(unet: UNet) -> None:
+    other = torch.nn.Identity()
+    with pytest.raises(EngineError, match="vqgan is a UNet, not a VQGAN") as caught:
+        Networks(vqgan=unet, unet=unet, cond_attention=other, cond_attenuation=other, segmentation=other)  # type: ignore[arg-type]
+    assert "unet is" not in str(caught.value) and "segmentation is a Identity" in str(caught.value)

@@ -61,8 +61,8 @@ def test_guide_maps_and_context(pipe: Pipeline, vectors: dict[str, np.ndarray]) 
     np.testing.assert_array_equal(pipe.attention_map(ct01).numpy(), vectors["attention_map"])
     _close(pipe.attenuation_map(ct01, 140.0), vectors, "attenuation_map")
     attention, attenuation = _t(vectors, "attention_map"), _t(vectors, "attenuation_map")
-    _close(pipe.nets["cond_attention"](attention), vectors, "context_attention")
-    _close(pipe.nets["cond_attenuation"](attenuation), vectors, "context_attenuation")
+    _close(pipe.nets.cond_attention(attention), vectors, "context_attention")
+    _close(pipe.nets.cond_attenuation(attenuation), vectors, "context_attenuation")
     _close(pipe.context(attention, attenuation), vectors, "context")
 
 
@@ -70,7 +70,7 @@ def test_guide_maps_and_context(pipe: Pipeline, vectors: dict[str, np.ndarray]) 
 def test_first_stage(pipe: Pipeline, vectors: dict[str, np.ndarray]) -> None:
     _close(pipe.encode(_t(vectors, "ct01")), vectors, "vqgan_encode_ct")
     _close(pipe.encode(_t(vectors, "pet_m11")), vectors, "vqgan_encode_pet")
-    quantized, indices = pipe.nets["vqgan"].quantize(_t(vectors, "vqgan_encode_pet"))
+    quantized, indices = pipe.nets.vqgan.quantize(_t(vectors, "vqgan_encode_pet"))
     _close(quantized, vectors, "vqgan_quantized_pet")
     np.testing.assert_array_equal(
         indices.reshape(2, -1).numpy(), vectors["vqgan_code_indices_pet"].astype(np.int64)

@@ -219,7 +219,7 @@ def test_sin_release_with_another_segmenter_samples_as_the_release_does(sin_rele
 
     pipeline = load_pipeline(sin_release, device="cpu")
     evaluated: list[tuple[int, int]] = []  # (batch size, timestep) of each UNet call
-    pipeline.nets["unet"].register_forward_hook(
+    pipeline.nets.unet.register_forward_hook(
         lambda module, args, out: evaluated.append((args[0].shape[0], int(args[1][0])))
     )
     reports: list[tuple[int, int]] = []
