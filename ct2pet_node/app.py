@@ -28,11 +28,12 @@ from ct2pet_node.config import Config, Destination
 from ct2pet_node.domain.jobs import JobState
 from ct2pet_node.domain.records import InstanceRecord
 from ct2pet_node.errors import WeightsError
-from ct2pet_node.routing.delivery import DeliveryOutcome, EntryState, InstanceResult, RetrySchedule
+from ct2pet_node.routing.delivery import DeliveryOutcome, InstanceResult, RetrySchedule
 from ct2pet_node.service.admin import AdminServer
 from ct2pet_node.service.metrics import Registry
 from ct2pet_node.service.queue import InProcessQueue
 from ct2pet_node.service.recent_errors import RecentErrors
+from ct2pet_node.service.recovery import recover_jobs, settle_delivery
 from ct2pet_node.service.router import Router
 from ct2pet_node.service.worker import EngineWorker, Translator
 from ct2pet_node.spool.atomic import ensure_private_dir
@@ -173,8 +174,8 @@ def build_node(config: Config, translator: Translator | None = None) -> Node:
         config.node.ae_title,
         send=counting_sender(scu_sender(scu_timeouts(config)), metrics),
         schedule=RetrySchedule(config.delivery.retry_delays_seconds, config.delivery.max_attempts),
-        on_job_delivered=lambda job_id: _settle(store, job_id, JobState.DONE, None),
-        on_job_dead=lambda job_id, reason: _settle(store, job_id, JobState.FAILED, reason),
+        on_job_delivered=lambda job_id: settle_delivery(store, job_id, None),
+        on_job_dead=lambda job_id, reason: settle_delivery(store, job_id, reason),
     )
     worker = EngineWorker(config, store, engine_queue, translator, sender.submit, metrics)
 
@@ -231,20 +232,6 @@ def scu_timeouts(config: Config) -> ScuTimeouts:
     )
 
 
-def _settle(store: JobStore, job_id: int, state: JobState, reason: str | None) -> None:
-    """The sender's verdict on a job: SENDING -> DONE, or FAILED with the delivery's reason."""
-    if state is JobState.FAILED:
-        reason = f"delivery failed: {reason}"
-    if store.transition(job_id, JobState.SENDING, state, reason=reason) is None:
-        job = store.get_job(job_id)
-        log.warning(
-            "delivery_verdict_ignored",
-            job_id=job_id,
-            verdict=state.value,
-            state=None if job is None else job.state.value,
-        )
-
-
 def counting_sender(send: SendFunction, metrics: Registry) -> SendFunction:
     """``send`` that also counts instances delivered and failed attempts, by destination."""
 
@@ -285,36 +272,8 @@ def _read_metrics_from_stores(
 
 
 def reconcile_sending(node: Node) -> None:
-    """Jobs a crash left in SENDING: settle them from the outbox, or queue their files again."""
-    for job in node.store.list_jobs([JobState.SENDING]):
-        state = node.outbox.job_state(job.id)
-        if state is EntryState.DELIVERED:
-            node.store.transition(job.id, JobState.SENDING, JobState.DONE)
-        elif state is EntryState.DEAD:
-            node.store.transition(job.id, JobState.SENDING, JobState.FAILED, reason="delivery failed")
-        elif state is None:
-            _requeue_results(node, job.id, Path(str(job.details.get("results_dir", ""))))
-
-
-def _requeue_results(node: Node, job_id: int, results: Path) -> None:
-    """A SENDING job whose files never reached the outbox (a crash between the two writes)."""
-    files = sorted(results.glob("*/*.dcm")) if results.is_dir() else []
-    if not files:
-        node.store.transition(
-            job_id,
-            JobState.SENDING,
-            JobState.FAILED,
-            reason=f"results missing after restart (looked in {results}); run `ct2pet-node jobs retry`",
-        )
-    elif not node.config.destinations:
-        node.store.transition(
-            job_id,
-            JobState.SENDING,
-            JobState.DONE,
-            delivery="no destination configured: results stay in results_dir",
-        )
-    elif node.sender.submit(job_id, files):
-        log.info("delivery_requeued", job_id=job_id, files=len(files))
+    """Jobs a crash left half-way (PROCESSING, SENDING): see :mod:`ct2pet_node.service.recovery`."""
+    recover_jobs(node.store, node.outbox, node.sender.submit, bool(node.config.destinations))
 
 
 def start(node: Node) -> None:

@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fakes import FakeModel
+from jobpaths import move_to
 
 from ct2pet_node import app
 from ct2pet_node.config import Config, Destination, load_config
-from ct2pet_node.domain.jobs import JobState
+from ct2pet_node.domain.jobs import JobDetails, JobState
 from ct2pet_node.domain.records import InstanceRecord
 from ct2pet_node.domain.uids import AeTitle, SeriesUid, SopInstanceUid, StudyUid, Uid
 from ct2pet_node.routing.delivery import InstanceResult, TransferProblem
@@ -91,9 +92,9 @@ def test_series_counters_are_read_from_the_job_store(node: app.Node) -> None:
     _record(node, "1.2.3.4.1")
     _record(node, "1.2.3.4.2")
     assert node.metrics.series_completed.value() == 0
-    node.store.set_state(1, JobState.WAITING)
+    move_to(node.store, 1, JobState.WAITING)
     assert node.metrics.series_completed.value() == 1
-    node.store.set_state(1, JobState.REFUSED, "too few slices")
+    move_to(node.store, 1, JobState.REFUSED, "too few slices")
     assert (node.metrics.series_completed.value(), node.metrics.series_refused.value()) == (0, 1)
     assert node.metrics.jobs.value(state="refused") == 1
 
@@ -137,7 +138,7 @@ def test_a_job_left_sending_without_outbox_entry_is_settled_on_start(
     if with_files:
         (results / "pet").mkdir(parents=True)
         (results / "pet" / "x.dcm").write_bytes(b"")
-    node.store.set_state(1, JobState.SENDING, None, results_dir=str(results))
+    move_to(node.store, 1, JobState.SENDING, details=JobDetails(results_dir=results))
 
     app.reconcile_sending(node)  # no destination configured: results stay where they are
 

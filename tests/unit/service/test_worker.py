@@ -85,7 +85,7 @@ def _waiting_job(store: JobStore, paths: Sequence[Path]) -> int:
         )
     job = store.job_for_series(str(pydicom.dcmread(paths[0], stop_before_pixels=True).SeriesInstanceUID))
     assert job is not None
-    store.set_state(job.id, JobState.WAITING)
+    store.transition(job.id, JobState.RECEIVED, JobState.WAITING)
     return job.id
 
 
@@ -132,9 +132,10 @@ def test_a_job_without_destination_is_translated_written_and_done(
     assert job is not None and job.state is JobState.DONE and job.reason is None
     assert translator.states_seen == [JobState.PROCESSING] * (SLICES // CHUNK)
     assert translator.first_slices == [0, 4, 8]
-    results = Path(str(job.details["results_dir"]))
+    results = job.details.results_dir
+    assert results is not None
     assert results == tmp_path / "data" / "results" / str(job_id)
-    assert "no destination" in str(job.details["delivery"])
+    assert "no destination" in str(job.details.delivery)
     assert len(job.output_series_uids) == 1
     assert len(list((results / "secondary-capture").glob("*.dcm"))) == SLICES
     assert not (tmp_path / "data" / "work" / str(job_id)).exists()  # checkpoints cleared once written
@@ -294,7 +295,9 @@ def test_refusal_at_requalification_refuses_the_job(
 
 def test_a_job_that_is_not_waiting_is_skipped(tmp_path: Path, store: JobStore, ct_paths: list[Path]) -> None:
     job_id = _waiting_job(store, ct_paths)
-    store.set_state(job_id, JobState.RECEIVED)  # reopened by a late instance after it was queued
+    store.transition(
+        job_id, JobState.WAITING, JobState.RECEIVED
+    )  # reopened by a late instance after it was queued
     translator = FakeTranslator()
     assert _worker(_config(tmp_path / "data"), store, translator).process(job_id) is None
     assert translator.first_slices == []
