@@ -15,22 +15,20 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from ct2pet_node import __version__
-from ct2pet_node.config import Config, Destination
+from ct2pet_node.config import Config
 from ct2pet_node.domain.jobs import JobState
 from ct2pet_node.domain.records import InstanceRecord
 from ct2pet_node.errors import WeightsError
-from ct2pet_node.routing.delivery import DeliveryOutcome, InstanceResult, RetrySchedule
+from ct2pet_node.routing.delivery import RetrySchedule
 from ct2pet_node.service.admin import AdminServer
-from ct2pet_node.service.metrics import Registry
+from ct2pet_node.service.metrics import NodeMetrics
 from ct2pet_node.service.queue import InProcessQueue
 from ct2pet_node.service.recent_errors import RecentErrors
 from ct2pet_node.service.recovery import recover_jobs, settle_delivery
@@ -42,7 +40,6 @@ from ct2pet_node.spool.outbox import Outbox
 
 if TYPE_CHECKING:  # the sender pulls in pynetdicom; `convert` uses this module without it
     from ct2pet_node.net.scu import ScuTimeouts
-    from ct2pet_node.service.sender import SendFunction
 
 log = structlog.get_logger(__name__)
 
@@ -52,10 +49,6 @@ SCP_DRAIN_SECONDS = 30.0
 ROUTER_STOP_SECONDS = 10.0
 ENGINE_STOP_SECONDS = 200.0
 SENDER_STOP_SECONDS = 30.0
-
-
-# Jobs that got past qualification (by the router, or refused only at the engine's re-check).
-_QUALIFIED_STATES = (JobState.WAITING, JobState.PROCESSING, JobState.SENDING, JobState.DONE, JobState.FAILED)
 
 
 def load_translator(config: Config) -> Translator:
@@ -92,7 +85,7 @@ class Node:
     config: Config
     store: JobStore
     outbox: Outbox
-    metrics: Registry
+    metrics: NodeMetrics
     errors: RecentErrors
     started_at: float
     translator: Translator
@@ -152,13 +145,13 @@ class Node:
 
 def build_node(config: Config, translator: Translator | None = None) -> Node:
     """Open the stores and build every component, without starting any thread."""
-    from ct2pet_node.net.scp import StorageScp
-    from ct2pet_node.service.sender import Sender, scu_sender
+    from ct2pet_node.service.listener import CountingStorageScp
+    from ct2pet_node.service.sender import Sender, counting_sender, scu_sender
     from ct2pet_node.spool.instances import InstanceSpool
 
     ensure_private_dir(config.node.data_dir)
-    metrics = Registry()
-    store = JobStore.open(config.node.data_dir)
+    metrics = NodeMetrics()
+    store = JobStore.open(config.node.data_dir, on_transition=metrics.job_moved)
     outbox = Outbox.open(config.node.data_dir)
     try:
         translator = translator or load_translator(config)
@@ -180,15 +173,16 @@ def build_node(config: Config, translator: Translator | None = None) -> Node:
     worker = EngineWorker(config, store, engine_queue, translator, sender.submit, metrics)
 
     def on_stored(record: InstanceRecord) -> None:
-        metrics.instances_received.inc()
+        metrics.instance_stored()
         router.notify(record)
 
-    scp = StorageScp(
+    scp = CountingStorageScp(
         config.node,
         config.security,
         InstanceSpool(config.node.data_dir, config.node.min_free_mb),
         store,
         on_stored,
+        metrics=metrics,
     )
     _read_metrics_from_stores(metrics, store, engine_queue, outbox)
     errors = RecentErrors()
@@ -232,42 +226,13 @@ def scu_timeouts(config: Config) -> ScuTimeouts:
     )
 
 
-def counting_sender(send: SendFunction, metrics: Registry) -> SendFunction:
-    """``send`` that also counts instances delivered and failed attempts, by destination."""
-
-    def counted(
-        destination: Destination, calling_ae: str, paths: Sequence[Path], cancel: threading.Event
-    ) -> list[InstanceResult]:
-        results = send(destination, calling_ae, paths, cancel)
-        acknowledged = sum(1 for result in results if result.outcome.acknowledged)
-        if acknowledged:
-            metrics.instances_sent.inc(acknowledged, destination=destination.name)
-        if any(r.outcome not in (DeliveryOutcome.CANCELLED,) and not r.outcome.acknowledged for r in results):
-            metrics.send_failures.inc(destination=destination.name)
-        return results
-
-    return counted
-
-
 def _read_metrics_from_stores(
-    metrics: Registry, store: JobStore, engine_queue: InProcessQueue, outbox: Outbox
+    metrics: NodeMetrics, store: JobStore, engine_queue: InProcessQueue, outbox: Outbox
 ) -> None:
     """Values whose truth is on disk are read at scrape time, so a restart does not zero them."""
-
-    def states(wanted: Sequence[JobState]) -> float:
-        counts = store.counts_by_state()
-        return float(sum(counts.get(state, 0) for state in wanted))
-
-    metrics.jobs.read_from(
-        lambda: {(("state", s.value),): float(n) for s, n in store.counts_by_state().items()}
-    )
-    metrics.series_completed.read_from(lambda: {(): states(_QUALIFIED_STATES)})
-    metrics.series_refused.read_from(lambda: {(): states([JobState.REFUSED])})
+    metrics.jobs.read_from(lambda: {state.value: n for state, n in store.counts_by_state().items()})
     metrics.queue_depth.read_from(
-        lambda: {
-            (("queue", "engine"),): float(engine_queue.depth()),
-            (("queue", "outbox"),): float(len(outbox.due(time.time()))),
-        }
+        lambda: {"engine": engine_queue.depth(), "outbox": len(outbox.due(time.time()))}
     )
 
 

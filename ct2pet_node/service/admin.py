@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 
 from ct2pet_node.errors import Ct2PetError
-from ct2pet_node.service.metrics import Registry
+from ct2pet_node.service.metrics import CONTENT_TYPE, NodeMetrics
 
 log = structlog.get_logger(__name__)
 
@@ -29,7 +29,9 @@ StatusProvider = Callable[[], dict[str, Any]]
 class AdminServer:
     """Serves status and metrics from a background thread."""
 
-    def __init__(self, host: str, port: int, token: str, status: StatusProvider, metrics: Registry) -> None:
+    def __init__(
+        self, host: str, port: int, token: str, status: StatusProvider, metrics: NodeMetrics
+    ) -> None:
         self._token = token
         self._status = status
         self._metrics = metrics
@@ -81,7 +83,7 @@ class AdminServer:
                         return
                     self._reply(HTTPStatus.OK, "application/json", body)
                 elif self.path == "/metrics":
-                    self._reply(HTTPStatus.OK, "text/plain; version=0.0.4", server._metrics.render().encode())
+                    self._reply(HTTPStatus.OK, CONTENT_TYPE, server._metrics.render())
                 elif self.path == "/healthz":
                     self._reply(HTTPStatus.OK, "text/plain", b"ok\n")
                 else:

@@ -34,7 +34,7 @@ from ct2pet_node.domain.model_grid import GridMapping, ModelFrame
 from ct2pet_node.domain.volume import CtVolume
 from ct2pet_node.errors import Ct2PetError, EngineError, SeriesRefused
 from ct2pet_node.routing.qualify import qualify_series
-from ct2pet_node.service.metrics import Registry
+from ct2pet_node.service.metrics import NodeMetrics
 from ct2pet_node.service.queue import EngineQueue
 from ct2pet_node.service.synthesis import Sampling, WrittenSeries, map_to_model, write_outputs
 from ct2pet_node.spool.atomic import atomic_write, ensure_private_dir
@@ -87,7 +87,7 @@ class EngineWorker:
         queue: EngineQueue,
         translator: Translator,
         submit: Callable[[int, Sequence[Path]], bool],
-        metrics: Registry,
+        metrics: NodeMetrics,
         *,
         chunk_slices: int = CHUNK_SLICES,
         idle_poll_seconds: float = IDLE_POLL_SECONDS,
@@ -217,8 +217,7 @@ class EngineWorker:
         values, reused = self._translate(job.id, ct, mapping)
         elapsed = time.monotonic() - started
         translated = ct.hu.shape[0] - reused
-        self.metrics.engine_seconds.inc(elapsed)
-        self.metrics.engine_slices.inc(translated)
+        self.metrics.translated(elapsed, translated)
         log.info(
             "generation_finished",
             job_id=job.id,

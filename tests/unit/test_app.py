@@ -20,9 +20,7 @@ from ct2pet_node.config import Config, Destination, load_config
 from ct2pet_node.domain.jobs import JobDetails, JobState
 from ct2pet_node.domain.records import InstanceRecord
 from ct2pet_node.domain.uids import AeTitle, SeriesUid, SopInstanceUid, StudyUid, Uid
-from ct2pet_node.routing.delivery import InstanceResult, TransferProblem
 from ct2pet_node.service.admin import fetch_status
-from ct2pet_node.service.metrics import Registry
 
 
 class FakeTranslator(FakeModel):
@@ -88,42 +86,15 @@ def test_a_started_node_answers_status_and_stops_cleanly(node: app.Node) -> None
     assert not any(t.name in ("engine", "router", "sender", "admin") for t in threading.enumerate())
 
 
-def test_series_counters_are_read_from_the_job_store(node: app.Node) -> None:
+def test_job_moves_and_stored_state_reach_the_metrics(node: app.Node) -> None:
     _record(node, "1.2.3.4.1")
     _record(node, "1.2.3.4.2")
-    assert node.metrics.series_completed.value() == 0
     move_to(node.store, 1, JobState.WAITING)
-    assert node.metrics.series_completed.value() == 1
     move_to(node.store, 1, JobState.REFUSED, "too few slices")
-    assert (node.metrics.series_completed.value(), node.metrics.series_refused.value()) == (0, 1)
-    assert node.metrics.jobs.value(state="refused") == 1
-
-
-def test_the_counting_sender_counts_delivered_instances_and_failed_attempts(tmp_path: Path) -> None:
-    metrics = Registry()
-    answers: list[list[InstanceResult]] = [
-        [
-            InstanceResult(tmp_path / "a", "1.1", 0x0000, None),
-            InstanceResult(tmp_path / "b", "1.2", 0x0000, None),
-        ],
-        [
-            InstanceResult(tmp_path / "a", "1.1", 0x0000, None),
-            InstanceResult(tmp_path / "b", None, None, TransferProblem.ABORTED, "gone"),
-        ],
-        [InstanceResult(tmp_path / "b", None, None, TransferProblem.CANCELLED, "stopping")],
-    ]
-
-    def send(
-        destination: Destination, calling_ae: str, paths: Sequence[Path], cancel: threading.Event
-    ) -> list[InstanceResult]:
-        return answers.pop(0)
-
-    counted = app.counting_sender(send, metrics)
-    pacs = Destination("pacs", "PACS", "127.0.0.1", 104)
-    for _ in range(3):
-        counted(pacs, "CT2PET", [], threading.Event())
-    assert metrics.instances_sent.value(destination="pacs") == 3
-    assert metrics.send_failures.value(destination="pacs") == 1  # a cancelled batch is not a failure
+    text = node.metrics.render().decode()
+    assert "ct2pet_series_completed_total 1.0" in text and "ct2pet_series_refused_total 1.0" in text
+    assert 'ct2pet_jobs{state="refused"} 1.0' in text and 'ct2pet_jobs{state="done"} 0.0' in text
+    assert 'ct2pet_queue_depth{queue="engine"} 0.0' in text
 
 
 @pytest.mark.parametrize(

@@ -5,12 +5,12 @@ import pytest
 
 from ct2pet_node.errors import Ct2PetError
 from ct2pet_node.service.admin import AdminServer, fetch_status
-from ct2pet_node.service.metrics import Registry
+from ct2pet_node.service.metrics import NodeMetrics
 
 
 @pytest.fixture
 def admin() -> AdminServer:
-    registry = Registry()
+    registry = NodeMetrics()
     registry.instances_received.inc(5)
     server = AdminServer("127.0.0.1", 0, "s3cret", lambda: {"version": "x", "jobs": {"done": 1}}, registry)
     server.start()
@@ -31,7 +31,8 @@ def test_metrics_and_health(admin: AdminServer) -> None:
         f"http://{host}:{port}/metrics", headers={"Authorization": "Bearer s3cret"}
     )
     with urllib.request.urlopen(request, timeout=5) as response:
-        assert "ct2pet_instances_received_total 5" in response.read().decode()
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        assert "ct2pet_instances_received_total 5.0\n" in response.read().decode()
     with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=5) as response:
         assert response.read() == b"ok\n"
     with pytest.raises(urllib.error.HTTPError):
