@@ -20,10 +20,11 @@ import structlog
 
 from ct2pet_node.errors import Ct2PetError
 from ct2pet_node.service.metrics import CONTENT_TYPE, NodeMetrics
+from ct2pet_node.service.status import StatusReport
 
 log = structlog.get_logger(__name__)
 
-StatusProvider = Callable[[], dict[str, Any]]
+StatusProvider = Callable[[], StatusReport]
 
 
 class AdminServer:
@@ -75,7 +76,7 @@ class AdminServer:
                     return
                 if self.path == "/status":
                     try:
-                        body = json.dumps(server._status(), default=str).encode()
+                        body = json.dumps(server._status().to_json(), default=str).encode()
                     except Exception as error:  # top of a handler thread: answer, and keep the traceback
                         log.exception("status_failed")
                         text = f"status unavailable: {type(error).__name__}: {error}\n"

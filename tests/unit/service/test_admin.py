@@ -6,13 +6,16 @@ import pytest
 from ct2pet_node.errors import Ct2PetError
 from ct2pet_node.service.admin import AdminServer, fetch_status
 from ct2pet_node.service.metrics import NodeMetrics
+from ct2pet_node.service.status import StatusReport
+
+REPORT = StatusReport.from_json({"version": "x", "jobs": {"done": 1}})
 
 
 @pytest.fixture
 def admin() -> AdminServer:
     registry = NodeMetrics()
     registry.instances_received.inc(5)
-    server = AdminServer("127.0.0.1", 0, "s3cret", lambda: {"version": "x", "jobs": {"done": 1}}, registry)
+    server = AdminServer("127.0.0.1", 0, "s3cret", lambda: REPORT, registry)
     server.start()
     yield server
     server.stop()
@@ -20,7 +23,8 @@ def admin() -> AdminServer:
 
 def test_status_needs_the_token_and_returns_json(admin: AdminServer) -> None:
     host, port = admin.address
-    assert fetch_status(host, port, "s3cret") == {"version": "x", "jobs": {"done": 1}}
+    fetched = fetch_status(host, port, "s3cret")
+    assert fetched == REPORT.to_json() and fetched["jobs"] == {"done": 1}
     with pytest.raises(Ct2PetError, match="answered 401"):
         fetch_status(host, port, "wrong")
 
