@@ -44,3 +44,12 @@ class EngineError(Ct2PetError):
 
 class DeliveryError(Ct2PetError):
     """A destination refused or could not be reached."""
+
+
+class IllegalTransition(Ct2PetError):
+    """A job state change that :data:`ct2pet_node.domain.jobs.TRANSITIONS` does not allow.
+
+    Raised by the job store's one writer before anything is written; reaching
+    it is a bug in the caller, never an operator's mistake (operator commands
+    check the state first and say what they can do).
+    """

@@ -33,9 +33,10 @@ def status(config_path: Path | None, as_json: bool) -> None:
     if as_json:
         print_json(report)
         return
+    from ct2pet_node.service.status import StatusReport
     from ct2pet_node.service.status_text import render_status
 
-    click.echo(render_status(report))
+    click.echo(render_status(StatusReport.from_json(report)))
 
 
 @click.command()

@@ -1,11 +1,23 @@
-"""Jobs: one per received CT series, and the states they move through."""
+"""Jobs: one per received CT series, the states they move through, and the moves allowed.
+
+:data:`TRANSITIONS` is the whole lifecycle, one row per allowed move. The job
+store's one writer (:meth:`ct2pet_node.spool.jobstore.JobStore.transition`)
+checks every change against it and raises :class:`IllegalTransition` for
+anything else, before writing. What can be derived from the table is:
+:attr:`JobState.is_final`, :attr:`JobState.is_open` and which move counts an
+engine attempt. Adding a state means a member of :class:`JobState` and its
+rows here; nothing else in the package spells out which moves exist.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from enum import Enum
+from pathlib import Path
 
 from ct2pet_node.domain.uids import SeriesUid, StudyUid
+from ct2pet_node.errors import IllegalTransition
 
 
 class JobState(Enum):
@@ -21,7 +33,176 @@ class JobState(Enum):
 
     @property
     def is_final(self) -> bool:
-        return self in (JobState.DONE, JobState.REFUSED, JobState.FAILED)
+        """Nothing moves the job on by itself any more: only an operator (``jobs retry``), or nobody."""
+        return self in _FINAL
+
+    @property
+    def is_open(self) -> bool:
+        """A new instance of the series joins this job (otherwise it starts the series' next job)."""
+        return self in _OPEN
+
+
+class Mover(Enum):
+    """Who makes a move. Documentation for the reader, and the source of :attr:`JobState.is_final`."""
+
+    ROUTER = "router"  # the series is complete: qualified or refused
+    STORE = "store"  # a new instance of the series was recorded
+    ENGINE = "engine"
+    SENDER = "sender"  # every destination acknowledged, or one gave up
+    RECOVERY = "recovery"  # start-up, after a crash or a stop
+    OPERATOR = "operator"  # `ct2pet-node jobs retry`
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One allowed move. ``counts_attempt``: the job's ``attempts`` goes up by one as it moves."""
+
+    source: JobState
+    target: JobState
+    movers: frozenset[Mover]
+    why: str
+    counts_attempt: bool = False
+
+
+def _move(
+    source: JobState, target: JobState, *movers: Mover, why: str, counts_attempt: bool = False
+) -> Transition:
+    return Transition(source, target, frozenset(movers), why, counts_attempt)
+
+
+_S = JobState
+_M = Mover
+
+# Every move a job may make. A new job starts in INITIAL_STATE (JobStore.record_instance).
+TRANSITIONS: tuple[Transition, ...] = (
+    _move(_S.RECEIVED, _S.WAITING, _M.ROUTER, why="series complete and qualified"),
+    _move(_S.RECEIVED, _S.REFUSED, _M.ROUTER, why="series complete, refused at qualification"),
+    _move(_S.WAITING, _S.RECEIVED, _M.STORE, why="a late instance reopened the series"),
+    _move(_S.WAITING, _S.PROCESSING, _M.ENGINE, why="claimed by the engine", counts_attempt=True),
+    _move(_S.PROCESSING, _S.WAITING, _M.ENGINE, _M.RECOVERY, why="stopped at a checkpoint, or the node died"),
+    _move(_S.PROCESSING, _S.SENDING, _M.ENGINE, why="results written and handed to the sender"),
+    _move(_S.PROCESSING, _S.DONE, _M.ENGINE, why="results written; no destination to send them to"),
+    _move(_S.PROCESSING, _S.REFUSED, _M.ENGINE, why="re-qualification of the spooled files refused"),
+    _move(_S.PROCESSING, _S.FAILED, _M.ENGINE, why="the engine could not translate or write"),
+    _move(
+        _S.SENDING, _S.DONE, _M.ENGINE, _M.SENDER, _M.RECOVERY, why="delivered, or nothing left to deliver"
+    ),
+    _move(_S.SENDING, _S.FAILED, _M.SENDER, _M.RECOVERY, why="dead-lettered, or the results are gone"),
+    _move(_S.FAILED, _S.WAITING, _M.OPERATOR, why="jobs retry: run the engine again"),
+    _move(_S.FAILED, _S.SENDING, _M.OPERATOR, why="jobs retry: replay the dead-lettered deliveries"),
+)
+
+INITIAL_STATE = JobState.RECEIVED
+
+_BY_PAIR: Mapping[tuple[JobState, JobState], Transition] = {(t.source, t.target): t for t in TRANSITIONS}
+# Final: every way out (if any) is an operator's.
+_FINAL = frozenset(
+    state for state in JobState if all(t.movers == {Mover.OPERATOR} for t in TRANSITIONS if t.source is state)
+)
+# Open: the initial state, and those a new instance sends back to it.
+_OPEN = frozenset(
+    {INITIAL_STATE} | {t.source for t in TRANSITIONS if t.target is INITIAL_STATE and Mover.STORE in t.movers}
+)
+
+
+def allowed_targets(source: JobState) -> frozenset[JobState]:
+    """Every state a job in ``source`` may move to."""
+    return frozenset(t.target for t in TRANSITIONS if t.source is source)
+
+
+def transition_for(job_id: int, source: JobState, target: JobState) -> Transition:
+    """The table's row for moving job ``job_id`` from ``source`` to ``target``.
+
+    Raises
+    ------
+    IllegalTransition
+        The move is not in :data:`TRANSITIONS`; the message names the job, both states and what
+        the table allows from ``source``.
+    """
+    found = _BY_PAIR.get((source, target))
+    if found is None:
+        allowed = ", ".join(sorted(state.value for state in allowed_targets(source)))
+        raise IllegalTransition(
+            f"job {job_id} cannot move from {source.value} to {target.value}: from {source.value} the "
+            f"lifecycle allows {allowed or 'no move (the state is final)'}. This is a bug in "
+            "ct2pet-node; report it with the log"
+        )
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class JobDetails:
+    """What the node learned about a job on its way; None: not known (yet).
+
+    Each field is written by the step that knows it, with the state change
+    it belongs to (the job store merges: a field set once stays set until a
+    later move sets it again). The JSON of ``jobs list``/``jobs show`` has
+    the set fields under their names.
+
+    Attributes
+    ----------
+    completed_because : str
+        Router: why the series counted as complete (quiet period, forced).
+    qualification_notes : tuple of str
+        Router: what qualification noticed but let pass.
+    results_dir : Path
+        Engine: where the job's output files are, one folder per output kind.
+    geometry : str
+        Engine: how the CT was mapped onto the model's grid.
+    delivery : str
+        Why the results were not sent (no destination configured, none took them).
+    recovered_from : JobState
+        Recovery: the state a crash or a stop left the job in.
+    """
+
+    completed_because: str | None = None
+    qualification_notes: tuple[str, ...] | None = None
+    results_dir: Path | None = None
+    geometry: str | None = None
+    delivery: str | None = None
+    recovered_from: JobState | None = None
+
+    def to_json(self) -> dict[str, object]:
+        """The set fields, JSON-ready."""
+        encoded: dict[str, object] = {}
+        for name in _DETAIL_FIELDS:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, JobState):
+                value = value.value
+            elif isinstance(value, tuple):
+                value = list(value)
+            encoded[name] = value
+        return encoded
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object]) -> JobDetails:
+        """Read :meth:`to_json`'s output back; keys it does not know are ignored."""
+        results_dir = data.get("results_dir")
+        notes = data.get("qualification_notes")
+        recovered = data.get("recovered_from")
+        return cls(
+            completed_because=_text(data.get("completed_because")),
+            qualification_notes=tuple(str(n) for n in notes) if isinstance(notes, list | tuple) else None,
+            results_dir=None if results_dir is None else Path(str(results_dir)),
+            geometry=_text(data.get("geometry")),
+            delivery=_text(data.get("delivery")),
+            recovered_from=None if recovered is None else JobState(recovered),
+        )
+
+    def merged(self, newer: JobDetails) -> JobDetails:
+        """These details with every field that ``newer`` sets replaced."""
+        return replace(self, **{name: getattr(newer, name) for name in newer.to_json()})
+
+
+_DETAIL_FIELDS = tuple(f.name for f in fields(JobDetails))
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +228,7 @@ class Job:
     attempts: int = 0
     # `jobs force`: complete the series now instead of waiting for the quiet period.
     forced: bool = False
-    details: dict[str, object] = field(default_factory=dict, hash=False, compare=False)
+    details: JobDetails = field(default_factory=JobDetails, compare=False)
 
     def to_json(self) -> dict[str, object]:
         """The job as the ``jobs list --json`` contract states it."""
@@ -64,5 +245,5 @@ class Job:
             "last_instance_at": self.last_instance_at,
             "attempts": self.attempts,
             "forced": self.forced,
-            "details": self.details,
+            "details": self.details.to_json(),
         }

@@ -19,17 +19,20 @@ from typing import Any
 import structlog
 
 from ct2pet_node.errors import Ct2PetError
-from ct2pet_node.service.metrics import Registry
+from ct2pet_node.service.metrics import CONTENT_TYPE, NodeMetrics
+from ct2pet_node.service.status import StatusReport
 
 log = structlog.get_logger(__name__)
 
-StatusProvider = Callable[[], dict[str, Any]]
+StatusProvider = Callable[[], StatusReport]
 
 
 class AdminServer:
     """Serves status and metrics from a background thread."""
 
-    def __init__(self, host: str, port: int, token: str, status: StatusProvider, metrics: Registry) -> None:
+    def __init__(
+        self, host: str, port: int, token: str, status: StatusProvider, metrics: NodeMetrics
+    ) -> None:
         self._token = token
         self._status = status
         self._metrics = metrics
@@ -73,7 +76,7 @@ class AdminServer:
                     return
                 if self.path == "/status":
                     try:
-                        body = json.dumps(server._status(), default=str).encode()
+                        body = json.dumps(server._status().to_json(), default=str).encode()
                     except Exception as error:  # top of a handler thread: answer, and keep the traceback
                         log.exception("status_failed")
                         text = f"status unavailable: {type(error).__name__}: {error}\n"
@@ -81,7 +84,7 @@ class AdminServer:
                         return
                     self._reply(HTTPStatus.OK, "application/json", body)
                 elif self.path == "/metrics":
-                    self._reply(HTTPStatus.OK, "text/plain; version=0.0.4", server._metrics.render().encode())
+                    self._reply(HTTPStatus.OK, CONTENT_TYPE, server._metrics.render())
                 elif self.path == "/healthz":
                     self._reply(HTTPStatus.OK, "text/plain", b"ok\n")
                 else:

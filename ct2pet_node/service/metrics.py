@@ -1,114 +1,169 @@
-"""A small Prometheus text-format registry: counters and gauges with labels.
+"""The node's Prometheus metrics: prometheus-client counters and gauges in a registry the node owns.
 
-Small on purpose: the node exposes a dozen series, and one module is easier
-to audit in a hospital than another dependency.
+Not the library's global default registry: every node built in one process
+(the tests build many) has its own, and ``/metrics`` shows exactly the
+node's series.
+
+Two kinds of series:
+
+- **Events, counted where they happen** (counters; they start at zero when
+  the node starts, which Prometheus' ``rate()`` expects): instances received
+  and rejected (the storage SCP), series completed and refused (every job
+  state change, as the job store's observer), engine seconds and slices
+  (the engine worker), instances sent and failed attempts (the sender).
+- **State whose truth is on disk, read at each scrape** (gauges): jobs by
+  state and queue depths. They survive a restart and can never disagree
+  with ``jobs list``.
+
+To add a series: a :class:`~prometheus_client.Counter` attribute on
+:class:`NodeMetrics` (``registry=self.registry``) and a method named for
+the event that feeds it, for whoever sees the event; or a :class:`ReadAtScrape`
+and a ``read_from`` in the composition root.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator, Mapping
+from typing import Literal
 
-LabelKey = tuple[tuple[str, str], ...]
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ct2pet_node.domain.jobs import Job, JobState
+
+# The classic text format, which generate_latest writes and every Prometheus server scrapes.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+Reader = Callable[[], Mapping[str, float]]
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+class ReadAtScrape(Collector):
+    """One metric family with one label whose samples a function gives at each scrape.
 
+    Parameters
+    ----------
+    name, documentation : str
+        As Prometheus shows them (a counter's name without ``_total``).
+    label : str
+        The one label; the reader maps its values to samples.
+    kind : {"gauge", "counter"}
+        "counter" for counts kept elsewhere that only go up (the reader's
+        owner guarantees it).
+    """
 
-def _labels(key: LabelKey) -> str:
-    if not key:
-        return ""
-    return "{" + ",".join(f'{name}="{_escape(value)}"' for name, value in key) + "}"
-
-
-class _Metric:
-    kind = ""
-
-    def __init__(self, name: str, help_text: str) -> None:
+    def __init__(
+        self, name: str, documentation: str, label: str, kind: Literal["gauge", "counter"] = "gauge"
+    ):
         self.name = name
-        self.help_text = help_text
-        self._values: dict[LabelKey, float] = {}
-        self._lock = threading.Lock()
-        self._reader: Callable[[], dict[LabelKey, float]] | None = None
+        self.documentation = documentation
+        self.label = label
+        self.kind = kind
+        self._reader: Reader | None = None
 
-    def read_from(self, reader: Callable[[], dict[LabelKey, float]]) -> None:
-        """Take the samples from ``reader`` at scrape time instead of from ``inc``/``set``.
-
-        For values whose truth lives elsewhere (the job store), so they
-        survive a restart and can never disagree with ``jobs list``.
-        """
+    def read_from(self, reader: Reader) -> None:
+        """Take the samples from ``reader`` (label value -> value) from now on."""
         self._reader = reader
 
-    def _key(self, labels: dict[str, str]) -> LabelKey:
-        return tuple(sorted(labels.items()))
+    def _family(self) -> GaugeMetricFamily | CounterMetricFamily:
+        if self.kind == "counter":
+            return CounterMetricFamily(self.name, self.documentation, labels=[self.label])
+        return GaugeMetricFamily(self.name, self.documentation, labels=[self.label])
 
-    def value(self, **labels: str) -> float:
-        return dict(self.samples()).get(self._key(labels), 0.0)
+    def describe(self) -> list[Metric]:
+        # Lets the registry check names at registration without calling the reader.
+        return [self._family()]
 
-    def samples(self) -> Iterable[tuple[LabelKey, float]]:
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
         if self._reader is not None:
-            return list(self._reader().items())
-        with self._lock:
-            return list(self._values.items())
-
-    def render(self) -> list[str]:
-        lines = [f"# HELP {self.name} {self.help_text}", f"# TYPE {self.name} {self.kind}"]
-        lines += [f"{self.name}{_labels(key)} {value:g}" for key, value in sorted(self.samples())]
-        return lines
+            for value, sample in sorted(self._reader().items()):
+                family.add_metric([value], float(sample))
+        yield family
 
 
-class Counter(_Metric):
-    kind = "counter"
-
-    def inc(self, amount: float = 1.0, **labels: str) -> None:
-        if amount < 0:
-            raise ValueError("a counter only goes up")
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + amount
-
-
-class Gauge(_Metric):
-    """A value read at scrape time from a callback, or set directly."""
-
-    kind = "gauge"
-
-    def set(self, value: float, **labels: str) -> None:
-        with self._lock:
-            self._values[self._key(labels)] = value
-
-
-class Registry:
-    """The node's metrics, named as `/metrics` exposes them."""
+class NodeMetrics:
+    """Every series of one node, named as ``/metrics`` exposes them; the methods are the events."""
 
     def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        registry = self.registry
         self.instances_received = Counter(
-            "ct2pet_instances_received_total", "CT instances acknowledged to senders."
+            "ct2pet_instances_received", "CT instances acknowledged to senders.", registry=registry
         )
         self.instances_rejected = Counter(
-            "ct2pet_instances_rejected_total", "C-STORE requests answered with a failure status, by status."
+            "ct2pet_instances_rejected",
+            "C-STORE requests answered with a failure status, by status.",
+            ["status"],
+            registry=registry,
         )
-        # Both read from the job store by the composition root: jobs that got past (or were
-        # refused at) qualification, by the router or at the engine's re-qualification.
         self.series_completed = Counter(
-            "ct2pet_series_completed_total", "Series complete and qualified (jobs past qualification)."
+            "ct2pet_series_completed",
+            "Series found complete and qualified by the router (a series reopened by a late "
+            "instance counts again when it completes again).",
+            registry=registry,
         )
-        self.series_refused = Counter("ct2pet_series_refused_total", "Series refused at qualification.")
-        self.engine_seconds = Counter("ct2pet_engine_seconds_total", "Seconds spent translating volumes.")
-        self.engine_slices = Counter("ct2pet_engine_slices_total", "CT slices translated.")
+        self.series_refused = Counter(
+            "ct2pet_series_refused",
+            "Series refused at qualification, by the router or at the engine's re-check.",
+            registry=registry,
+        )
+        self.engine_seconds = Counter(
+            "ct2pet_engine_seconds", "Seconds spent translating volumes.", registry=registry
+        )
+        self.engine_slices = Counter("ct2pet_engine_slices", "CT slices translated.", registry=registry)
         self.send_failures = Counter(
-            "ct2pet_send_failures_total", "Failed delivery attempts, by destination."
+            "ct2pet_send_failures",
+            "Failed delivery attempts, by destination.",
+            ["destination"],
+            registry=registry,
         )
-        self.instances_sent = Counter("ct2pet_instances_sent_total", "Instances delivered, by destination.")
-        self.jobs = Gauge("ct2pet_jobs", "Jobs by state.")
-        self.queue_depth = Gauge("ct2pet_queue_depth", "Items waiting, by queue.")
+        self.instances_sent = Counter(
+            "ct2pet_instances_sent",
+            "Instances delivered, by destination.",
+            ["destination"],
+            registry=registry,
+        )
+        self.jobs = ReadAtScrape("ct2pet_jobs", "Jobs by state.", "state")
+        self.queue_depth = ReadAtScrape("ct2pet_queue_depth", "Items waiting, by queue.", "queue")
+        registry.register(self.jobs)
+        registry.register(self.queue_depth)
 
-    def all(self) -> list[_Metric]:
-        return [value for value in vars(self).values() if isinstance(value, _Metric)]
+    # Events --------------------------------------------------------------------------------------
 
-    def render(self) -> str:
-        lines: list[str] = []
-        for metric in self.all():
-            lines += metric.render()
-        return "\n".join(lines) + "\n"
+    def instance_stored(self) -> None:
+        """The storage SCP acknowledged a new CT instance (not a re-sent one)."""
+        self.instances_received.inc()
+
+    def instance_rejected(self, status: int) -> None:
+        """The storage SCP answered a C-STORE with failure ``status`` (e.g. 0xA700)."""
+        self.instances_rejected.labels(status=f"0x{status:04X}").inc()
+
+    def job_moved(self, job: Job, previous: JobState) -> None:
+        """A job state change, committed (the job store's observer)."""
+        if previous is JobState.RECEIVED and job.state is JobState.WAITING:
+            self.series_completed.inc()
+        elif job.state is JobState.REFUSED:
+            self.series_refused.inc()
+
+    def translated(self, seconds: float, slices: int) -> None:
+        """The engine translated ``slices`` CT slices in ``seconds``."""
+        self.engine_seconds.inc(seconds)
+        self.engine_slices.inc(slices)
+
+    def attempt_finished(self, destination: str, acknowledged: int, failed: bool) -> None:
+        """One delivery attempt to ``destination``: instances acknowledged, and whether it failed."""
+        if acknowledged:
+            self.instances_sent.labels(destination=destination).inc(acknowledged)
+        if failed:
+            self.send_failures.labels(destination=destination).inc()
+
+    # Reading -------------------------------------------------------------------------------------
+
+    def sample(self, name: str, **labels: str) -> float:
+        """The current value of one sample (0 when absent), e.g. ``sample("ct2pet_jobs", state="done")``."""
+        return self.registry.get_sample_value(name, labels) or 0.0
+
+    def render(self) -> bytes:
+        """The Prometheus text format, served as :data:`CONTENT_TYPE`."""
+        return generate_latest(self.registry)

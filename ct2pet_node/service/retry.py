@@ -1,8 +1,8 @@
 """``jobs retry``: replay a dead-lettered delivery or run a failed job again.
 
 Works on the stores directly, so it acts whether or not the node is running:
-a running node's sender polls the outbox and its router re-offers WAITING
-jobs to the engine, so the retry takes effect within seconds.
+a running node's sender polls the outbox and its engine looks for WAITING
+jobs nobody queued, so the retry takes effect within seconds.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from __future__ import annotations
 import time
 
 from ct2pet_node.config import Config
-from ct2pet_node.domain.jobs import JobState
+from ct2pet_node.domain.jobs import Job, JobState
 from ct2pet_node.errors import InputError
+from ct2pet_node.routing.delivery import EntryState
 from ct2pet_node.spool.jobstore import JobStore
 from ct2pet_node.spool.outbox import Outbox
 
@@ -25,16 +26,31 @@ def retry_job(config: Config, job_id: int, now: float | None = None) -> str:
             raise InputError(f"no job with id {job_id}; `ct2pet-node jobs list` shows the jobs")
         outbox = Outbox.open(config.node.data_dir)
         try:
-            revived = outbox.retry(job_id, now)
+            if outbox.job_state(job_id) is EntryState.DEAD:
+                return _replay_deliveries(store, outbox, job, now)
         finally:
             outbox.close()
-        if revived:
-            if job.state is JobState.FAILED:
-                store.set_state(job_id, JobState.SENDING, None)
-            return f"job {job_id}: {revived} dead-lettered delivery(ies) queued again"
         if job.state is JobState.FAILED:
-            store.set_state(job_id, JobState.WAITING, None)
+            if store.transition(job_id, JobState.FAILED, JobState.WAITING) is None:
+                raise _moved_meanwhile(job)
             return f"job {job_id}: queued for the engine again (it failed: {job.reason})"
     raise InputError(
         f"job {job_id} is {job.state.value}: only failed jobs and dead-lettered deliveries can be retried"
+    )
+
+
+def _replay_deliveries(store: JobStore, outbox: Outbox, job: Job, now: float) -> str:
+    # The job moves first, then the outbox: a running sender may deliver a revived entry at once,
+    # and its verdict (SENDING -> DONE) must find the job in SENDING. In the other order the
+    # verdict found it still FAILED, was ignored, and the job sat in SENDING until a restart.
+    if job.state is JobState.FAILED and store.transition(job.id, JobState.FAILED, JobState.SENDING) is None:
+        raise _moved_meanwhile(job)
+    revived = outbox.retry(job.id, now)
+    return f"job {job.id}: {revived} dead-lettered delivery(ies) queued again"
+
+
+def _moved_meanwhile(job: Job) -> InputError:
+    return InputError(
+        f"job {job.id} left {job.state.value} while it was being retried; "
+        f"see where it is now with `ct2pet-node jobs show {job.id}`"
     )

@@ -11,10 +11,10 @@ router compares what it has parsed with the job's instance count in the
 store and reads any instance it missed, so a lost notification, a restart,
 a reopened job or a new job generation all take the same path.
 
-On start it recovers: PROCESSING jobs (the engine died mid-job) go back to
-WAITING, WAITING jobs are re-enqueued, RECEIVED jobs have their instances
-re-read. Start the router before the engine worker, so no job is PROCESSING
-for a live engine while this happens.
+On start it rebuilds what it holds in memory from the store: WAITING jobs
+are re-enqueued and RECEIVED jobs have their instances re-read. Job states
+a crash left half-way (PROCESSING, SENDING) are put right before any thread
+starts, by :func:`ct2pet_node.service.recovery.recover_jobs`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import structlog
 
 from ct2pet_node.config import RoutingConfig
 from ct2pet_node.dicom.headers import read_slice_header
-from ct2pet_node.domain.jobs import Job, JobState
+from ct2pet_node.domain.jobs import Job, JobDetails, JobState
 from ct2pet_node.domain.records import InstanceRecord, SliceHeader
 from ct2pet_node.errors import Ct2PetError, SeriesRefused, StorageError
 from ct2pet_node.routing.completion import decide_completion
@@ -155,9 +155,6 @@ class Router:
 
     def recover(self) -> None:
         """Bring the in-memory state and the engine queue back in line with the store."""
-        for job in self._store.list_jobs([JobState.PROCESSING]):
-            self._store.transition(job.id, JobState.PROCESSING, JobState.WAITING, recovered_from="processing")
-            log.warning("job_requeued_after_crash", job_id=job.id, series_uid=job.series_uid)
         waiting = self._store.list_jobs([JobState.WAITING])
         for job in waiting:
             self._enqueue(job.id)
@@ -239,8 +236,7 @@ class Router:
             target,
             reason,
             expected_n_instances=seen,
-            completed_because=why_complete,
-            qualification_notes=list(notes),
+            details=JobDetails(completed_because=why_complete, qualification_notes=tuple(notes)),
         )
         if moved is None:
             # An instance arrived (or the job moved) since we looked: decide again next tick.

@@ -32,6 +32,7 @@ from ct2pet_node.routing.delivery import (
     TransferProblem,
     decide_attempt,
 )
+from ct2pet_node.service.metrics import NodeMetrics
 from ct2pet_node.spool.outbox import Outbox, OutboxEntry
 
 log = structlog.get_logger(__name__)
@@ -54,6 +55,26 @@ def scu_sender(timeouts: scu.ScuTimeouts) -> SendFunction:
         return scu.send_files(destination, calling_ae, paths, timeouts=timeouts, cancel=cancel)
 
     return send
+
+
+def counting_sender(send: SendFunction, metrics: NodeMetrics) -> SendFunction:
+    """``send`` that also counts instances delivered and failed attempts, by destination.
+
+    A batch cut short by the node stopping (every result CANCELLED) is not a failure.
+    """
+
+    def counted(
+        destination: Destination, calling_ae: str, paths: Sequence[Path], cancel: threading.Event
+    ) -> list[InstanceResult]:
+        results = send(destination, calling_ae, paths, cancel)
+        acknowledged = sum(1 for result in results if result.outcome.acknowledged)
+        failed = any(
+            r.outcome is not DeliveryOutcome.CANCELLED and not r.outcome.acknowledged for r in results
+        )
+        metrics.attempt_finished(destination.name, acknowledged, failed)
+        return results
+
+    return counted
 
 
 class Sender:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+
+from ct2pet_node.service.status import StatusReport
 
 
 def _ago(timestamp: float | None, now: float) -> str:
@@ -17,42 +18,36 @@ def _ago(timestamp: float | None, now: float) -> str:
     return f"{seconds / 3600:.1f} h ago"
 
 
-def render_status(report: dict[str, Any], now: float | None = None) -> str:
-    """Lines of text from the ``/status`` JSON."""
+def render_status(report: StatusReport, now: float | None = None) -> str:
+    """Lines of text from a status report."""
     now = time.time() if now is None else now
-    model = report.get("model", {})
-    jobs = report.get("jobs", {})
-    queues = report.get("queues", {})
+    model = report.model
     lines = [
-        f"ct2pet-node {report.get('version')}  AE {report.get('ae_title')} port {report.get('port')}  "
-        f"up {float(report.get('uptime_seconds', 0)) / 60:.1f} min",
-        f"model      {model.get('id')} ({model.get('output_units')}) on {model.get('device')}, "
-        f"{model.get('steps')} steps, eta {model.get('eta')}",
-        "jobs       " + ", ".join(f"{state} {count}" for state, count in jobs.items()),
-        "queues     " + ", ".join(f"{name} {depth}" for name, depth in queues.items()),
+        f"ct2pet-node {report.version}  AE {report.ae_title} port {report.port}  "
+        f"up {report.uptime_seconds / 60:.1f} min",
+        f"model      {model.id} ({model.output_units}) on {model.device}, {model.steps} steps, eta {model.eta}",
+        "jobs       " + ", ".join(f"{state} {count}" for state, count in report.jobs),
+        f"queues     engine {report.queues.engine}, outbox_due {report.queues.outbox_due}",
     ]
-    if report.get("current_job") is not None:
-        lines.append(f"processing job {report['current_job']}")
-    oldest = report.get("oldest_waiting")
+    if report.current_job is not None:
+        lines.append(f"processing job {report.current_job}")
+    oldest = report.oldest_waiting
     if oldest:
-        lines.append(f"oldest waiting: job {oldest['id']}, {_ago(oldest.get('since'), now)}")
-    for destination in report.get("destinations", []):
+        lines.append(f"oldest waiting: job {oldest.id}, {_ago(oldest.since, now)}")
+    for destination in report.destinations:
         lines.append(
-            f"destination {destination['name']} {destination.get('address', '')}: "
-            f"last result {destination.get('last_result') or 'none yet'}, "
-            f"last success {_ago(destination.get('last_success_at'), now)}"
-            + (f", dead letters {destination['dead']}" if destination.get("dead") else "")
+            f"destination {destination.name} {destination.address}: "
+            f"last result {destination.last_result or 'none yet'}, "
+            f"last success {_ago(destination.last_success_at, now)}"
+            + (f", dead letters {destination.dead}" if destination.dead else "")
         )
-    if not report.get("destinations"):
+    if not report.destinations:
         lines.append("destinations: none configured (results stay in data_dir)")
-    for dead in report.get("dead_letters", []):
-        lines.append(f"DEAD LETTER job {dead['job_id']} -> {dead['destination']}: {dead.get('last_error')}")
-    errors = report.get("last_errors", [])
-    if errors:
+    for dead in report.dead_letters:
+        lines.append(f"DEAD LETTER job {dead.job_id} -> {dead.destination}: {dead.last_error}")
+    if report.last_errors:
         lines.append("last errors:")
-        for error in errors[-5:]:
-            detail = error.get("reason") or error.get("error") or ""
-            lines.append(
-                f"  {_ago(error.get('time'), now)}  {error.get('level')}  {error.get('event')}  {detail}"
-            )
+        for error in report.last_errors[-5:]:
+            detail = error.field("reason") or error.field("error") or ""
+            lines.append(f"  {_ago(error.time, now)}  {error.level}  {error.event}  {detail}")
     return "\n".join(lines)

@@ -13,6 +13,7 @@ the composition root from :func:`ct2pet_node.engine.load_pipeline`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import shutil
@@ -28,12 +29,12 @@ import structlog
 from ct2pet_node.config import Config
 from ct2pet_node.dicom.headers import read_slice_header
 from ct2pet_node.dicom.volume import build_ct_volume
-from ct2pet_node.domain.jobs import Job, JobState
+from ct2pet_node.domain.jobs import Job, JobDetails, JobState
 from ct2pet_node.domain.model_grid import GridMapping, ModelFrame
 from ct2pet_node.domain.volume import CtVolume
 from ct2pet_node.errors import Ct2PetError, EngineError, SeriesRefused
 from ct2pet_node.routing.qualify import qualify_series
-from ct2pet_node.service.metrics import Registry
+from ct2pet_node.service.metrics import NodeMetrics
 from ct2pet_node.service.queue import EngineQueue
 from ct2pet_node.service.synthesis import Sampling, WrittenSeries, map_to_model, write_outputs
 from ct2pet_node.spool.atomic import atomic_write, ensure_private_dir
@@ -86,7 +87,7 @@ class EngineWorker:
         queue: EngineQueue,
         translator: Translator,
         submit: Callable[[int, Sequence[Path]], bool],
-        metrics: Registry,
+        metrics: NodeMetrics,
         *,
         chunk_slices: int = CHUNK_SLICES,
         idle_poll_seconds: float = IDLE_POLL_SECONDS,
@@ -172,32 +173,39 @@ class EngineWorker:
         try:
             return self._process(job)
         except StopRequested:
-            self.store.transition(
-                job.id, JobState.PROCESSING, JobState.WAITING, reason="node stopped; resumes"
-            )
+            self._settle(job, JobState.WAITING, "node stopped; resumes")
             log.info("generation_checkpointed", job_id=job.id)
             return JobState.WAITING
         except SeriesRefused as error:
             # Re-qualification on the spooled files refused what the router accepted (files gone
             # or changed since): same outcome as a refusal at the router.
             log.warning("series_refused", job_id=job.id, series_uid=job.series_uid, reason=str(error))
-            self.store.set_state(job.id, JobState.REFUSED, str(error))
-            return JobState.REFUSED
+            return self._settle(job, JobState.REFUSED, str(error))
         except Ct2PetError as error:
             log.warning("generation_failed", job_id=job.id, reason=str(error))
-            self.store.set_state(job.id, JobState.FAILED, str(error))
-            return JobState.FAILED
+            return self._settle(job, JobState.FAILED, str(error))
         except MemoryError:
             reason = "out of memory while translating; lower the batch size or free memory, then retry"
             log.error("generation_failed", job_id=job.id, reason=reason)
-            self.store.set_state(job.id, JobState.FAILED, reason)
-            return JobState.FAILED
+            return self._settle(job, JobState.FAILED, reason)
         except Exception as error:
             log.exception("generation_failed", job_id=job.id)
-            self.store.set_state(job.id, JobState.FAILED, f"internal error: {type(error).__name__}: {error}")
-            return JobState.FAILED
+            return self._settle(job, JobState.FAILED, f"internal error: {type(error).__name__}: {error}")
         finally:
             self.current_job = None
+
+    def _settle(
+        self, job: Job, state: JobState, reason: str | None, details: JobDetails | None = None
+    ) -> JobState:
+        """Move the claimed job out of PROCESSING; the state it is in afterwards."""
+        moved = self.store.transition(job.id, JobState.PROCESSING, state, reason, details=details)
+        if moved is None:
+            # Nothing else moves a PROCESSING job while its engine lives; should it happen, the
+            # store's state stands and the worker must not claim an outcome it did not write.
+            current = self.store.get_job(job.id)
+            log.error("generation_outcome_not_written", job_id=job.id, outcome=state.value)
+            return state if current is None else current.state
+        return state
 
     def _process(self, job: Job) -> JobState:
         ct = self._load_volume(job)
@@ -209,8 +217,7 @@ class EngineWorker:
         values, reused = self._translate(job.id, ct, mapping)
         elapsed = time.monotonic() - started
         translated = ct.hu.shape[0] - reused
-        self.metrics.engine_seconds.inc(elapsed)
-        self.metrics.engine_slices.inc(translated)
+        self.metrics.translated(elapsed, translated)
         log.info(
             "generation_finished",
             job_id=job.id,
@@ -223,32 +230,23 @@ class EngineWorker:
         paths = [path for series in written for path in series.paths]
         results_dir = self.results_root / str(job.id)
         shutil.rmtree(self.work_root / str(job.id), ignore_errors=True)
+        found = JobDetails(results_dir=results_dir, geometry=mapping.describe())
         if not self.config.destinations:
-            self.store.set_state(
-                job.id,
-                JobState.DONE,
-                None,
-                results_dir=str(results_dir),
-                geometry=mapping.describe(),
-                delivery="no destination configured: results stay in results_dir",
-            )
-            return JobState.DONE
+            delivery = "no destination configured: results stay in results_dir"
+            return self._settle(job, JobState.DONE, None, dataclasses.replace(found, delivery=delivery))
         # SENDING is persisted before the files reach the outbox: the sender may deliver them and
-        # move the job to DONE before submit() even returns. A crash in between is settled by
-        # the composition root's reconcile_sending on the next start.
-        self.store.set_state(
-            job.id, JobState.SENDING, None, results_dir=str(results_dir), geometry=mapping.describe()
-        )
-        if not self._submit(job.id, paths):
+        # move the job to DONE before submit() even returns. A crash in between is settled at the
+        # next start by service.recovery.
+        state = self._settle(job, JobState.SENDING, None, found)
+        if state is JobState.SENDING and not self._submit(job.id, paths):
             self.store.transition(
                 job.id,
                 JobState.SENDING,
                 JobState.DONE,
-                None,
-                delivery="no destination took the files: results stay in results_dir",
+                details=JobDetails(delivery="no destination took the files: results stay in results_dir"),
             )
             return JobState.DONE
-        return JobState.SENDING
+        return state
 
     def _load_volume(self, job: Job) -> CtVolume:
         headers = [read_slice_header(record.path) for record in self.store.instances_of(job.series_uid)]

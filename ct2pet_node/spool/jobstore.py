@@ -8,12 +8,18 @@ row is committed. The schema version is ``PRAGMA user_version``; opening a
 store migrates it forward and refuses one written by a newer release.
 
 Generations: a job is created in RECEIVED on its series' first instance. A
-new instance of a series whose latest job is WAITING reopens that job
-(back to RECEIVED; the engine's :meth:`JobStore.claim` then skips the stale
-queue entry). A new instance of a series whose latest job is PROCESSING,
-SENDING, DONE, REFUSED or FAILED starts a new job for the series, which
+new instance of a series whose latest job is still open (WAITING) reopens
+that job (back to RECEIVED; the engine's :meth:`JobStore.claim` then skips
+the stale queue entry). A new instance of a series whose latest job has
+moved on (PROCESSING and later) starts a new job for the series, which
 covers every instance of the series, old and new. A re-sent instance (same
 SOP Instance UID) never changes any job.
+
+State changes: :meth:`JobStore.transition` is the only code that writes a
+job's state. It checks the move against the lifecycle table
+(:data:`ct2pet_node.domain.jobs.TRANSITIONS`), writes it only if the job is
+still where the caller saw it (compare-and-set), commits, and only then
+tells the observer given to :meth:`JobStore.open` (the node's metrics).
 
 The store is thread-safe: one connection guarded by a lock. Another process
 (the CLI) may open the same store concurrently; WAL and a busy timeout let
@@ -32,55 +38,21 @@ from typing import Any
 
 import structlog
 
-from ct2pet_node.domain.jobs import Job, JobState
+from ct2pet_node.domain.jobs import INITIAL_STATE, Job, JobDetails, JobState, Transition, transition_for
 from ct2pet_node.domain.records import InstanceRecord
-from ct2pet_node.domain.uids import AeTitle, SeriesUid, SopInstanceUid, StudyUid, Uid
-from ct2pet_node.errors import InputError, StorageError
+from ct2pet_node.errors import InputError
 from ct2pet_node.spool.atomic import ensure_private_dir
 from ct2pet_node.spool.database import Database
+from ct2pet_node.spool.jobrows import SCHEMA_VERSION, instance_from_row, job_from_row, migrate
+
+__all__ = ["DB_FILE_NAME", "SCHEMA_VERSION", "JobStore", "TransitionObserver"]
 
 log = structlog.get_logger(__name__)
 
 DB_FILE_NAME = "jobs.sqlite3"
-SCHEMA_VERSION = 1
-_BUSY_TIMEOUT_MS = 10_000
 
-_SCHEMA_V1 = """
-CREATE TABLE jobs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    study_uid TEXT NOT NULL,
-    series_uid TEXT NOT NULL,
-    state TEXT NOT NULL,
-    reason TEXT,
-    n_instances INTEGER NOT NULL DEFAULT 0,
-    output_series_uids TEXT NOT NULL DEFAULT '[]',
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    last_instance_at REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    forced INTEGER NOT NULL DEFAULT 0,
-    details TEXT NOT NULL DEFAULT '{}'
-);
-CREATE INDEX jobs_by_series ON jobs (series_uid, id);
-CREATE INDEX jobs_by_state ON jobs (state);
-CREATE TABLE instances (
-    sop_instance_uid TEXT PRIMARY KEY,
-    sop_class_uid TEXT NOT NULL,
-    series_uid TEXT NOT NULL,
-    study_uid TEXT NOT NULL,
-    modality TEXT NOT NULL,
-    transfer_syntax_uid TEXT NOT NULL,
-    calling_ae_title TEXT NOT NULL,
-    path TEXT NOT NULL,
-    received_at REAL NOT NULL,
-    job_id INTEGER NOT NULL REFERENCES jobs (id),
-    problem TEXT
-);
-CREATE INDEX instances_by_series ON instances (series_uid);
-"""
-
-_MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1}
-_OPEN_STATES = (JobState.RECEIVED, JobState.WAITING)
+# Told of every state change once it is committed: the job as it is now, and the state it left.
+TransitionObserver = Callable[[Job, JobState], None]
 
 
 class JobStore:
@@ -89,22 +61,38 @@ class JobStore:
     Use :meth:`open`; close with :meth:`close` or a ``with`` block.
     """
 
-    def __init__(self, path: Path, data_dir: Path, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: Path,
+        data_dir: Path,
+        clock: Callable[[], float] = time.time,
+        on_transition: TransitionObserver | None = None,
+    ) -> None:
         self.path = path
         self.data_dir = data_dir
         self._clock = clock
+        self._on_transition = on_transition
         self._database = Database(path, "job store")
         try:
-            self._migrate()
+            migrate(self._database, path)
         except BaseException:
             self._database.close()
             raise
 
     @classmethod
-    def open(cls, data_dir: Path, clock: Callable[[], float] = time.time) -> JobStore:
-        """Open (creating and migrating as needed) the store in ``data_dir``."""
+    def open(
+        cls,
+        data_dir: Path,
+        clock: Callable[[], float] = time.time,
+        on_transition: TransitionObserver | None = None,
+    ) -> JobStore:
+        """Open (creating and migrating as needed) the store in ``data_dir``.
+
+        ``on_transition`` is called after each committed state change made
+        through this store (not those of other processes sharing the file).
+        """
         directory = ensure_private_dir(Path(data_dir).expanduser())
-        return cls(directory / DB_FILE_NAME, directory, clock)
+        return cls(directory / DB_FILE_NAME, directory, clock, on_transition)
 
     def close(self) -> None:
         self._database.close()
@@ -114,22 +102,6 @@ class JobStore:
 
     def __exit__(self, *_: object) -> None:
         self.close()
-
-    def _migrate(self) -> None:
-        version = int(self._database.query("PRAGMA user_version")[0][0])
-        if version > SCHEMA_VERSION:
-            raise StorageError(
-                f"job store {self.path} has schema version {version}, newer than this release's "
-                f"{SCHEMA_VERSION}; upgrade ct2pet-node or use another data_dir"
-            )
-        while version < SCHEMA_VERSION:
-            with self._transaction() as db:
-                for statement in _MIGRATIONS[version].split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                version += 1
-                db.execute(f"PRAGMA user_version = {version}")
-            log.info("job_store_migrated", path=str(self.path), schema_version=version)
 
     def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         return self._database.transaction()
@@ -151,12 +123,13 @@ class JobStore:
         module docstring for instances arriving after the job moved on.
         """
         now = self._clock()
+        reopened: Transition | None = None
         with self._transaction() as db:
             if db.execute(
                 "SELECT 1 FROM instances WHERE sop_instance_uid = ?", (record.sop_instance_uid,)
             ).fetchone():
                 return False
-            job_id = self._open_job_for(db, record, now)
+            job_id, reopened = self._open_job_for(db, record, now)
             db.execute(
                 "INSERT INTO instances (sop_instance_uid, sop_class_uid, series_uid, study_uid, modality,"
                 " transfer_syntax_uid, calling_ae_title, path, received_at, job_id)"
@@ -179,25 +152,30 @@ class JobStore:
                 " last_instance_at = max(last_instance_at, ?), updated_at = ? WHERE id = ?",
                 (record.series_uid, record.received_at, now, job_id),
             )
+        if reopened is not None:
+            log.info("job_reopened", job_id=job_id, series_uid=record.series_uid)
+            self._committed(job_id, reopened, None)
         return True
 
-    def _open_job_for(self, db: sqlite3.Connection, record: InstanceRecord, now: float) -> int:
+    def _open_job_for(
+        self, db: sqlite3.Connection, record: InstanceRecord, now: float
+    ) -> tuple[int, Transition | None]:
+        """The job the instance joins (created or reopened as needed), and the move made, if any."""
         latest = db.execute(
-            "SELECT id, state FROM jobs WHERE series_uid = ? ORDER BY id DESC LIMIT 1", (record.series_uid,)
+            "SELECT id, state, details FROM jobs WHERE series_uid = ? ORDER BY id DESC LIMIT 1",
+            (record.series_uid,),
         ).fetchone()
-        if latest is not None and latest["state"] == JobState.RECEIVED.value:
-            return int(latest["id"])
-        if latest is not None and latest["state"] == JobState.WAITING.value:
-            db.execute(
-                "UPDATE jobs SET state = ?, reason = NULL, updated_at = ? WHERE id = ?",
-                (JobState.RECEIVED.value, now, latest["id"]),
-            )
-            log.info("job_reopened", job_id=latest["id"], series_uid=record.series_uid)
-            return int(latest["id"])
+        if latest is not None and JobState(latest["state"]) is INITIAL_STATE:
+            return int(latest["id"]), None
+        if latest is not None and JobState(latest["state"]).is_open:
+            job_id = int(latest["id"])
+            move = transition_for(job_id, JobState(latest["state"]), INITIAL_STATE)
+            self._write(db, job_id, move, None, latest["details"], None, now)
+            return job_id, move
         cursor = db.execute(
             "INSERT INTO jobs (study_uid, series_uid, state, created_at, updated_at, last_instance_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
-            (record.study_uid, record.series_uid, JobState.RECEIVED.value, now, now, record.received_at),
+            (record.study_uid, record.series_uid, INITIAL_STATE.value, now, now, record.received_at),
         )
         job_id = int(cursor.lastrowid or 0)
         log.info(
@@ -207,14 +185,14 @@ class JobStore:
             study_uid=record.study_uid,
             previous_job_id=latest["id"] if latest is not None else None,
         )
-        return job_id
+        return job_id, None
 
     def instances_of(self, series_uid: str) -> list[InstanceRecord]:
         """Every acknowledged instance of a series, in the order they arrived."""
         rows = self._query(
             "SELECT * FROM instances WHERE series_uid = ? ORDER BY received_at, rowid", (series_uid,)
         )
-        return [self._instance(row) for row in rows]
+        return [instance_from_row(self.data_dir, row) for row in rows]
 
     def set_instance_problem(self, sop_instance_uid: str, problem: str | None) -> None:
         """Keep why an instance cannot be used (e.g. its header is unreadable); None clears it."""
@@ -235,12 +213,12 @@ class JobStore:
 
     def get_job(self, job_id: int) -> Job | None:
         rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
-        return self._job(rows[0]) if rows else None
+        return job_from_row(rows[0]) if rows else None
 
     def job_for_series(self, series_uid: str) -> Job | None:
         """The series' latest job (its current generation), or None for an unknown series."""
         rows = self._query("SELECT * FROM jobs WHERE series_uid = ? ORDER BY id DESC LIMIT 1", (series_uid,))
-        return self._job(rows[0]) if rows else None
+        return job_from_row(rows[0]) if rows else None
 
     def list_jobs(self, states: Iterable[JobState] | None = None) -> list[Job]:
         """Jobs in id order, all or only those in ``states``."""
@@ -250,7 +228,7 @@ class JobStore:
             values = [state.value for state in states]
             marks = ", ".join("?" * len(values))
             rows = self._query(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY id", values)
-        return [self._job(row) for row in rows]
+        return [job_from_row(row) for row in rows]
 
     def unfinished_jobs(self) -> list[Job]:
         """Jobs not in a final state, in id order."""
@@ -263,72 +241,102 @@ class JobStore:
             counts[JobState(row["state"])] = int(row["n"])
         return counts
 
-    def set_state(self, job_id: int, state: JobState, reason: str | None = None, **details: object) -> Job:
-        """Persist a job's new state; ``details`` are merged into the job's details.
-
-        Raises InputError for an unknown job id.
-        """
-        updated = self._update_state(job_id, state, reason, details, None, None)
-        assert updated is not None  # unconditional: only an unknown id fails, and that raises
-        return updated
-
     def transition(
         self,
         job_id: int,
-        expected: JobState,
-        state: JobState,
+        source: JobState,
+        target: JobState,
         reason: str | None = None,
+        *,
         expected_n_instances: int | None = None,
-        **details: object,
+        details: JobDetails | None = None,
     ) -> Job | None:
-        """Like :meth:`set_state`, but only if the job is still in ``expected``; None otherwise.
+        """Move job ``job_id`` from ``source`` to ``target``; the one writer of job states.
 
-        With ``expected_n_instances``, also only if no instance arrived since
-        the caller looked (the router's decision covered exactly those).
+        The move is checked against the lifecycle table first, then written
+        only if the job is still in ``source`` (and, with
+        ``expected_n_instances``, only if no instance arrived since the
+        caller looked: the router's decision covered exactly those). The
+        new ``reason`` replaces the old one; ``details`` are merged into the
+        job's. Committed before this returns, so before the move takes effect.
+
+        Returns
+        -------
+        Job or None
+            The job as moved; None when it was no longer in ``source`` (or
+            had more instances), and nothing was written.
+
+        Raises
+        ------
+        IllegalTransition
+            The table has no such move (a bug in the caller).
+        InputError
+            No job has this id.
         """
-        return self._update_state(job_id, state, reason, details, expected, expected_n_instances)
-
-    def claim(self, job_id: int) -> Job | None:
-        """For the engine: WAITING -> PROCESSING with one more attempt; None if not WAITING.
-
-        A queue entry whose job was reopened or already taken is thereby skipped.
-        """
-        with self._transaction() as db:
-            cursor = db.execute(
-                "UPDATE jobs SET state = ?, attempts = attempts + 1, updated_at = ? WHERE id = ? AND state = ?",
-                (JobState.PROCESSING.value, self._clock(), job_id, JobState.WAITING.value),
-            )
-            if cursor.rowcount == 0:
-                return None
-        return self.get_job(job_id)
-
-    def _update_state(
-        self,
-        job_id: int,
-        state: JobState,
-        reason: str | None,
-        details: dict[str, object],
-        expected: JobState | None,
-        expected_n_instances: int | None,
-    ) -> Job | None:
+        move = transition_for(job_id, source, target)
         with self._transaction() as db:
             row = db.execute(
                 "SELECT state, details, n_instances FROM jobs WHERE id = ?", (job_id,)
             ).fetchone()
             if row is None:
                 raise InputError(f"no job with id {job_id}; list jobs with `ct2pet-node jobs list`")
-            if expected is not None and row["state"] != expected.value:
+            if JobState(row["state"]) is not source:
                 return None
             if expected_n_instances is not None and row["n_instances"] != expected_n_instances:
                 return None
-            merged = {**json.loads(row["details"]), **details}
-            db.execute(
-                "UPDATE jobs SET state = ?, reason = ?, details = ?, updated_at = ?,"
-                " forced = CASE WHEN ? IN ('received', 'waiting') THEN forced ELSE 0 END WHERE id = ?",
-                (state.value, reason, json.dumps(merged, default=str), self._clock(), state.value, job_id),
-            )
-        log.info("job_state_changed", job_id=job_id, state=state.value, previous=row["state"], reason=reason)
-        return self.get_job(job_id)
+            self._write(db, job_id, move, reason, row["details"], details, self._clock())
+        return self._committed(job_id, move, reason)
+
+    def claim(self, job_id: int) -> Job | None:
+        """For the engine: WAITING -> PROCESSING (one more attempt); None if no longer WAITING.
+
+        A queue entry whose job was reopened or already taken is thereby skipped.
+        """
+        return self.transition(job_id, JobState.WAITING, JobState.PROCESSING)
+
+    def _write(
+        self,
+        db: sqlite3.Connection,
+        job_id: int,
+        move: Transition,
+        reason: str | None,
+        stored_details: str,
+        details: JobDetails | None,
+        now: float,
+    ) -> None:
+        # Merged as JSON, so a key this release does not know survives the write.
+        merged = {**json.loads(stored_details), **(details.to_json() if details else {})}
+        db.execute(
+            "UPDATE jobs SET state = ?, reason = ?, details = ?, updated_at = ?, attempts = attempts + ?,"
+            # A force request is for the job while it is still open; leaving open clears it.
+            " forced = CASE WHEN ? THEN forced ELSE 0 END WHERE id = ?",
+            (
+                move.target.value,
+                reason,
+                json.dumps(merged),
+                now,
+                int(move.counts_attempt),
+                move.target.is_open,
+                job_id,
+            ),
+        )
+
+    def _committed(self, job_id: int, move: Transition, reason: str | None) -> Job:
+        log.info(
+            "job_state_changed",
+            job_id=job_id,
+            state=move.target.value,
+            previous=move.source.value,
+            reason=reason,
+        )
+        job = self.get_job(job_id)
+        assert job is not None  # jobs are never deleted
+        if self._on_transition is not None:
+            try:
+                self._on_transition(job, move.source)
+            except Exception:  # the move is committed; an observer's failure must not undo the caller
+                log.exception("transition_observer_failed", job_id=job_id)
+        return job
 
     def request_force(self, series_uid: str) -> Job:
         """Ask the router to complete a series now; returns the series' job.
@@ -345,7 +353,7 @@ class JobStore:
                 raise InputError(
                     f"no job for series {series_uid!r}; `ct2pet-node jobs list` shows the known series"
                 )
-            if row["state"] == JobState.RECEIVED.value:
+            if JobState(row["state"]) is INITIAL_STATE:
                 db.execute(
                     "UPDATE jobs SET forced = 1, updated_at = ? WHERE id = ?", (self._clock(), row["id"])
                 )
@@ -371,34 +379,3 @@ class JobStore:
             return str(Path(path).relative_to(self.data_dir))
         except ValueError:
             return str(path)
-
-    def _instance(self, row: sqlite3.Row) -> InstanceRecord:
-        return InstanceRecord(
-            sop_instance_uid=SopInstanceUid(row["sop_instance_uid"]),
-            sop_class_uid=Uid(row["sop_class_uid"]),
-            series_uid=SeriesUid(row["series_uid"]),
-            study_uid=StudyUid(row["study_uid"]),
-            modality=row["modality"],
-            transfer_syntax_uid=Uid(row["transfer_syntax_uid"]),
-            calling_ae_title=AeTitle(row["calling_ae_title"]),
-            path=self.data_dir / row["path"],
-            received_at=float(row["received_at"]),
-        )
-
-    @staticmethod
-    def _job(row: sqlite3.Row) -> Job:
-        return Job(
-            id=int(row["id"]),
-            study_uid=StudyUid(row["study_uid"]),
-            series_uid=SeriesUid(row["series_uid"]),
-            state=JobState(row["state"]),
-            reason=row["reason"],
-            n_instances=int(row["n_instances"]),
-            output_series_uids=tuple(json.loads(row["output_series_uids"])),
-            created_at=float(row["created_at"]),
-            updated_at=float(row["updated_at"]),
-            last_instance_at=float(row["last_instance_at"]),
-            attempts=int(row["attempts"]),
-            forced=bool(row["forced"]),
-            details=json.loads(row["details"]),
-        )

@@ -412,7 +412,8 @@ def test_sigterm_mid_translation_checkpoints_and_a_restart_resumes(
     assert job.attempts == 2
     [finished] = node.events("generation_finished", this_run_only=True)
     assert finished["reused_slices"] == 16 * checkpointed
-    results = Path(str(job.details["results_dir"]))
+    results = job.details.results_dir
+    assert results is not None
     for kind in KINDS:
         assert len(list((results / kind).glob("*.dcm"))) == slices
     shown = json.loads(node.cli("jobs", "show", str(job.id)).stdout)

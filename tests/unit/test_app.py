@@ -1,4 +1,4 @@
-"""The composition root in-process: wiring, start and stop, metrics, crash reconciliation."""
+"""The composition root in-process: what it builds and wires, started and stopped by its Server."""
 
 from __future__ import annotations
 
@@ -13,15 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fakes import FakeModel
+from jobpaths import move_to
 
 from ct2pet_node import app
 from ct2pet_node.config import Config, Destination, load_config
-from ct2pet_node.domain.jobs import JobState
+from ct2pet_node.domain.jobs import JobDetails, JobState
 from ct2pet_node.domain.records import InstanceRecord
 from ct2pet_node.domain.uids import AeTitle, SeriesUid, SopInstanceUid, StudyUid, Uid
-from ct2pet_node.routing.delivery import InstanceResult, TransferProblem
+from ct2pet_node.errors import WeightsError
 from ct2pet_node.service.admin import fetch_status
-from ct2pet_node.service.metrics import Registry
+from ct2pet_node.service.server import Server
 
 
 class FakeTranslator(FakeModel):
@@ -43,14 +44,14 @@ def _config(data_dir: Path, destinations: Sequence[Destination] = ()) -> Config:
 
 
 @pytest.fixture
-def node(tmp_path: Path) -> Iterator[app.Node]:
-    built = app.build_node(_config(tmp_path / "data"), translator=FakeTranslator())
+def server(tmp_path: Path) -> Iterator[Server]:
+    built = app.build_server(_config(tmp_path / "data"), translator=FakeTranslator())
     yield built
-    app.stop(built)
+    built.stop()
 
 
-def _record(node: app.Node, sop: str) -> None:
-    node.store.record_instance(
+def _record(server: Server, sop: str) -> None:
+    server.components.store.record_instance(
         InstanceRecord(
             sop_instance_uid=SopInstanceUid(sop),
             sop_class_uid=Uid("1.2.840.10008.5.1.4.1.1.2"),
@@ -59,17 +60,36 @@ def _record(node: app.Node, sop: str) -> None:
             modality="CT",
             transfer_syntax_uid=Uid("1.2.840.10008.1.2.1"),
             calling_ae_title=AeTitle("SCANNER"),
-            path=node.config.node.data_dir / f"{sop}.dcm",
+            path=server.config.node.data_dir / f"{sop}.dcm",
             received_at=time.time(),
         )
     )
 
 
-def test_a_started_node_answers_status_and_stops_cleanly(node: app.Node) -> None:
+STATUS_FIELDS = {
+    "version",
+    "pid",
+    "started_at",
+    "uptime_seconds",
+    "ae_title",
+    "port",
+    "model",
+    "queues",
+    "current_job",
+    "jobs",
+    "oldest_waiting",
+    "destinations",
+    "dead_letters",
+    "last_errors",
+}
+
+
+def test_a_started_node_answers_status_and_stops_cleanly(server: Server) -> None:
     handlers_before = len(logging.getLogger().handlers)
-    app.start(node)
-    host, port = node.admin.address
+    server.start()
+    host, port = server.components.admin.address
     report = fetch_status(host, port, "")
+    assert set(report) == STATUS_FIELDS
     assert report["model"] == {
         "id": "fake-model",
         "output_units": "relative",
@@ -82,47 +102,20 @@ def test_a_started_node_answers_status_and_stops_cleanly(node: app.Node) -> None
     assert report["destinations"] == [] and report["oldest_waiting"] is None
     logging.getLogger("ct2pet_node.test").warning("something_odd")
     assert [e["event"] for e in fetch_status(host, port, "")["last_errors"]] == ["something_odd"]
-    app.stop(node)
-    assert len(logging.getLogger().handlers) == handlers_before - 1  # the recent-errors handler is gone
+    server.stop()
+    assert len(logging.getLogger().handlers) == handlers_before  # the recent-errors handler is gone
     assert not any(t.name in ("engine", "router", "sender", "admin") for t in threading.enumerate())
 
 
-def test_series_counters_are_read_from_the_job_store(node: app.Node) -> None:
-    _record(node, "1.2.3.4.1")
-    _record(node, "1.2.3.4.2")
-    assert node.metrics.series_completed.value() == 0
-    node.store.set_state(1, JobState.WAITING)
-    assert node.metrics.series_completed.value() == 1
-    node.store.set_state(1, JobState.REFUSED, "too few slices")
-    assert (node.metrics.series_completed.value(), node.metrics.series_refused.value()) == (0, 1)
-    assert node.metrics.jobs.value(state="refused") == 1
-
-
-def test_the_counting_sender_counts_delivered_instances_and_failed_attempts(tmp_path: Path) -> None:
-    metrics = Registry()
-    answers: list[list[InstanceResult]] = [
-        [
-            InstanceResult(tmp_path / "a", "1.1", 0x0000, None),
-            InstanceResult(tmp_path / "b", "1.2", 0x0000, None),
-        ],
-        [
-            InstanceResult(tmp_path / "a", "1.1", 0x0000, None),
-            InstanceResult(tmp_path / "b", None, None, TransferProblem.ABORTED, "gone"),
-        ],
-        [InstanceResult(tmp_path / "b", None, None, TransferProblem.CANCELLED, "stopping")],
-    ]
-
-    def send(
-        destination: Destination, calling_ae: str, paths: Sequence[Path], cancel: threading.Event
-    ) -> list[InstanceResult]:
-        return answers.pop(0)
-
-    counted = app.counting_sender(send, metrics)
-    pacs = Destination("pacs", "PACS", "127.0.0.1", 104)
-    for _ in range(3):
-        counted(pacs, "CT2PET", [], threading.Event())
-    assert metrics.instances_sent.value(destination="pacs") == 3
-    assert metrics.send_failures.value(destination="pacs") == 1  # a cancelled batch is not a failure
+def test_job_moves_and_stored_state_reach_the_metrics(server: Server) -> None:
+    _record(server, "1.2.3.4.1")
+    _record(server, "1.2.3.4.2")
+    move_to(server.components.store, 1, JobState.WAITING)
+    move_to(server.components.store, 1, JobState.REFUSED, "too few slices")
+    text = server.components.metrics.render().decode()
+    assert "ct2pet_series_completed_total 1.0" in text and "ct2pet_series_refused_total 1.0" in text
+    assert 'ct2pet_jobs{state="refused"} 1.0' in text and 'ct2pet_jobs{state="done"} 0.0' in text
+    assert 'ct2pet_queue_depth{queue="engine"} 0.0' in text
 
 
 @pytest.mark.parametrize(
@@ -130,18 +123,19 @@ def test_the_counting_sender_counts_delivered_instances_and_failed_attempts(tmp_
     [(True, JobState.DONE, None), (False, JobState.FAILED, "results missing after restart")],
 )
 def test_a_job_left_sending_without_outbox_entry_is_settled_on_start(
-    node: app.Node, with_files: bool, expected: JobState, reason_part: str | None
+    server: Server, with_files: bool, expected: JobState, reason_part: str | None
 ) -> None:
-    _record(node, "1.2.3.4.1")
-    results = node.config.node.data_dir / "results" / "1"
+    _record(server, "1.2.3.4.1")
+    results = server.config.node.data_dir / "results" / "1"
     if with_files:
         (results / "pet").mkdir(parents=True)
         (results / "pet" / "x.dcm").write_bytes(b"")
-    node.store.set_state(1, JobState.SENDING, None, results_dir=str(results))
+    store = server.components.store
+    move_to(store, 1, JobState.SENDING, details=JobDetails(results_dir=results))
 
-    app.reconcile_sending(node)  # no destination configured: results stay where they are
+    server.start()  # no destination configured: results stay where they are
 
-    job = node.store.get_job(1)
+    job = store.get_job(1)
     assert job is not None and job.state is expected
     if reason_part:
         assert reason_part in (job.reason or "")
@@ -152,8 +146,8 @@ def test_missing_weights_say_how_to_get_them(tmp_path: Path) -> None:
     config = dataclasses.replace(
         config, engine=dataclasses.replace(config.engine, weights=str(tmp_path / "w"))
     )
-    with pytest.raises(app.WeightsError, match="ct2pet-node weights import"):
-        app.build_node(config)
+    with pytest.raises(WeightsError, match="ct2pet-node weights import"):
+        app.build_server(config)
 
 
 def test_engine_fast_path_keys_reach_the_loaded_pipeline(tiny_weights: Path, tmp_path: Path) -> None:

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from jobpaths import move_to
 
 from ct2pet_node.cli import main
-from ct2pet_node.domain.jobs import JobState
+from ct2pet_node.domain.jobs import JobDetails, JobState
 from ct2pet_node.domain.records import InstanceRecord
 from ct2pet_node.domain.uids import AeTitle, SeriesUid, SopInstanceUid, StudyUid, Uid
 from ct2pet_node.spool.jobstore import JobStore
@@ -100,7 +101,7 @@ def test_jobs_list_json_has_the_contract_fields(config_file: Path, tmp_path: Pat
         _record(store, "1.2.3.4", "1.2.3.4.1")
         _record(store, "1.2.3.4", "1.2.3.4.2")
         _record(store, "1.2.3.5", "1.2.3.5.1")
-        store.set_state(1, JobState.REFUSED, "series has 2 slice(s)")
+        store.transition(1, JobState.RECEIVED, JobState.REFUSED, "series has 2 slice(s)")
 
     result = _run("jobs", "list", "--json", "--config", str(config_file))
 
@@ -127,7 +128,7 @@ def test_jobs_show_says_where_results_stay_without_destination(config_file: Path
     results = tmp_path / "data" / "results" / "1"
     with JobStore.open(tmp_path / "data") as store:
         _record(store, "1.2.3.4", "1.2.3.4.1")
-        store.set_state(1, JobState.DONE, None, results_dir=str(results))
+        move_to(store, 1, JobState.DONE, details=JobDetails(results_dir=results))
 
     result = _run("jobs", "show", "1", "--config", str(config_file))
 

@@ -5,14 +5,17 @@ import pytest
 
 from ct2pet_node.errors import Ct2PetError
 from ct2pet_node.service.admin import AdminServer, fetch_status
-from ct2pet_node.service.metrics import Registry
+from ct2pet_node.service.metrics import NodeMetrics
+from ct2pet_node.service.status import StatusReport
+
+REPORT = StatusReport.from_json({"version": "x", "jobs": {"done": 1}})
 
 
 @pytest.fixture
 def admin() -> AdminServer:
-    registry = Registry()
+    registry = NodeMetrics()
     registry.instances_received.inc(5)
-    server = AdminServer("127.0.0.1", 0, "s3cret", lambda: {"version": "x", "jobs": {"done": 1}}, registry)
+    server = AdminServer("127.0.0.1", 0, "s3cret", lambda: REPORT, registry)
     server.start()
     yield server
     server.stop()
@@ -20,7 +23,8 @@ def admin() -> AdminServer:
 
 def test_status_needs_the_token_and_returns_json(admin: AdminServer) -> None:
     host, port = admin.address
-    assert fetch_status(host, port, "s3cret") == {"version": "x", "jobs": {"done": 1}}
+    fetched = fetch_status(host, port, "s3cret")
+    assert fetched == REPORT.to_json() and fetched["jobs"] == {"done": 1}
     with pytest.raises(Ct2PetError, match="answered 401"):
         fetch_status(host, port, "wrong")
 
@@ -31,7 +35,8 @@ def test_metrics_and_health(admin: AdminServer) -> None:
         f"http://{host}:{port}/metrics", headers={"Authorization": "Bearer s3cret"}
     )
     with urllib.request.urlopen(request, timeout=5) as response:
-        assert "ct2pet_instances_received_total 5" in response.read().decode()
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        assert "ct2pet_instances_received_total 5.0\n" in response.read().decode()
     with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=5) as response:
         assert response.read() == b"ok\n"
     with pytest.raises(urllib.error.HTTPError):

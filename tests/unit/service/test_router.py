@@ -16,9 +16,11 @@ from ct2pet_node.domain.jobs import JobState
 from ct2pet_node.domain.records import InstanceRecord
 from ct2pet_node.domain.uids import AeTitle, SeriesUid, SopInstanceUid, StudyUid, Uid
 from ct2pet_node.service.queue import InProcessQueue
+from ct2pet_node.service.recovery import recover_jobs
 from ct2pet_node.service.router import Router
 from ct2pet_node.spool.instances import InstanceSpool
 from ct2pet_node.spool.jobstore import JobStore
+from ct2pet_node.spool.outbox import Outbox
 
 STUDY = "1.2.826.0.1.3680043.10.1"
 SERIES = "1.2.826.0.1.3680043.10.1.1"
@@ -115,7 +117,7 @@ def test_series_completes_after_the_quiet_period(node: Node) -> None:
     node.router.tick(T0 + 5 + QUIET)
     job = node.job()
     assert job.state is JobState.WAITING and job.reason is None
-    assert job.details["completed_because"].startswith("quiet for")
+    assert (job.details.completed_because or "").startswith("quiet for")
     assert node.queue.get(0) == job.id
 
 
@@ -152,7 +154,7 @@ def test_force_completes_before_the_quiet_period(node: Node) -> None:
     node.router.tick(T0 + 1)
     job = node.job()
     assert job.state is JobState.WAITING
-    assert job.details["completed_because"] == "forced by operator"
+    assert job.details.completed_because == "forced by operator"
 
 
 def test_a_missed_notification_is_read_from_the_store(node: Node) -> None:
@@ -196,11 +198,14 @@ def test_recovery_after_a_crash(tmp_path: Path) -> None:
     assert claimed is not None and claimed.state is JobState.PROCESSING
     after.store.close()
 
-    # Killed mid-engine: PROCESSING goes back to WAITING and onto the queue.
+    # Killed mid-engine: start-up recovery puts PROCESSING back to WAITING, the router queues it.
     again = Node(data_dir)
+    outbox = Outbox.open(data_dir)
+    recover_jobs(again.store, outbox, lambda job_id, paths: False, destinations_configured=False)
+    outbox.close()
     again.router.recover()
     job = again.job()
-    assert job.state is JobState.WAITING and job.details["recovered_from"] == "processing"
+    assert job.state is JobState.WAITING and job.details.recovered_from is JobState.PROCESSING
     assert again.queue.get(0) == job.id
     again.store.close()
 

@@ -15,7 +15,8 @@ import pytest
 
 from ct2pet_node.config import Destination
 from ct2pet_node.routing.delivery import EntryState, InstanceResult, RetrySchedule, TransferProblem
-from ct2pet_node.service.sender import Sender
+from ct2pet_node.service.metrics import NodeMetrics
+from ct2pet_node.service.sender import Sender, counting_sender
 from ct2pet_node.spool.outbox import Outbox
 
 PACS = Destination(name="pacs", ae_title="PACS", host="127.0.0.1", port=4242)
@@ -260,3 +261,30 @@ def test_a_crashing_send_counts_as_a_failed_attempt(outbox: Outbox, files: list[
     assert (
         entry.last_error is not None and "internal error while sending: KeyError('bug')" in entry.last_error
     )
+
+
+def test_the_counting_sender_counts_delivered_instances_and_failed_attempts(tmp_path: Path) -> None:
+    metrics = NodeMetrics()
+    answers: list[list[InstanceResult]] = [
+        [
+            InstanceResult(tmp_path / "a", "1.1", 0x0000, None),
+            InstanceResult(tmp_path / "b", "1.2", 0x0000, None),
+        ],
+        [
+            InstanceResult(tmp_path / "a", "1.1", 0x0000, None),
+            InstanceResult(tmp_path / "b", None, None, TransferProblem.ABORTED, "gone"),
+        ],
+        [InstanceResult(tmp_path / "b", None, None, TransferProblem.CANCELLED, "stopping")],
+    ]
+
+    def send(
+        destination: Destination, calling_ae: str, paths: Sequence[Path], cancel: threading.Event
+    ) -> list[InstanceResult]:
+        return answers.pop(0)
+
+    counted = counting_sender(send, metrics)
+    for _ in range(3):
+        counted(PACS, "CT2PET", [], threading.Event())
+    assert metrics.sample("ct2pet_instances_sent_total", destination="pacs") == 3
+    # A cancelled batch is not a failure.
+    assert metrics.sample("ct2pet_send_failures_total", destination="pacs") == 1

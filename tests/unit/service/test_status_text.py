@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from ct2pet_node.service.status import StatusReport
 from ct2pet_node.service.status_text import render_status
 
 NOW = 1_800_000_000.0
 
 
-def _report(**overrides: Any) -> dict[str, Any]:
+def _report(**overrides: Any) -> StatusReport:
     report: dict[str, Any] = {
         "version": "0.1.0",
         "ae_title": "CT2PET",
@@ -35,7 +36,8 @@ def _report(**overrides: Any) -> dict[str, Any]:
         ],
     }
     report.update(overrides)
-    return report
+    # As the CLI gets it: JSON from the node, possibly an older one missing some fields.
+    return StatusReport.from_json(report)
 
 
 def test_every_part_of_the_status_is_shown() -> None:

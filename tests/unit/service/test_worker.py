@@ -18,7 +18,7 @@ from ct2pet_node.domain.jobs import JobState
 from ct2pet_node.domain.records import InstanceRecord
 from ct2pet_node.domain.uids import AeTitle, SeriesUid, SopInstanceUid, StudyUid, Uid
 from ct2pet_node.errors import EngineError
-from ct2pet_node.service.metrics import Registry
+from ct2pet_node.service.metrics import NodeMetrics
 from ct2pet_node.service.queue import InProcessQueue
 from ct2pet_node.service.worker import EngineWorker
 from ct2pet_node.spool.jobstore import JobStore
@@ -85,7 +85,7 @@ def _waiting_job(store: JobStore, paths: Sequence[Path]) -> int:
         )
     job = store.job_for_series(str(pydicom.dcmread(paths[0], stop_before_pixels=True).SeriesInstanceUID))
     assert job is not None
-    store.set_state(job.id, JobState.WAITING)
+    store.transition(job.id, JobState.RECEIVED, JobState.WAITING)
     return job.id
 
 
@@ -113,7 +113,7 @@ def _worker(
         queue or InProcessQueue(),
         translator,
         submit or (lambda job_id, paths: False),
-        Registry(),
+        NodeMetrics(),
         chunk_slices=CHUNK,
     )
 
@@ -132,13 +132,14 @@ def test_a_job_without_destination_is_translated_written_and_done(
     assert job is not None and job.state is JobState.DONE and job.reason is None
     assert translator.states_seen == [JobState.PROCESSING] * (SLICES // CHUNK)
     assert translator.first_slices == [0, 4, 8]
-    results = Path(str(job.details["results_dir"]))
+    results = job.details.results_dir
+    assert results is not None
     assert results == tmp_path / "data" / "results" / str(job_id)
-    assert "no destination" in str(job.details["delivery"])
+    assert "no destination" in str(job.details.delivery)
     assert len(job.output_series_uids) == 1
     assert len(list((results / "secondary-capture").glob("*.dcm"))) == SLICES
     assert not (tmp_path / "data" / "work" / str(job_id)).exists()  # checkpoints cleared once written
-    assert worker.metrics.engine_slices.value() == SLICES
+    assert worker.metrics.sample("ct2pet_engine_slices_total") == SLICES
 
 
 def test_a_job_with_a_destination_goes_to_sending_with_every_file(
@@ -257,7 +258,7 @@ def test_a_stop_mid_translation_checkpoints_and_the_next_run_reuses_finished_chu
     worker = _worker(config, store, resumed)
     assert worker.process(job_id) is JobState.DONE
     assert resumed.first_slices == [2 * CHUNK]  # the two checkpointed chunks were not translated again
-    assert worker.metrics.engine_slices.value() == SLICES - 2 * CHUNK
+    assert worker.metrics.sample("ct2pet_engine_slices_total") == SLICES - 2 * CHUNK
     job = store.get_job(job_id)
     assert job is not None and job.attempts == 2
 
@@ -294,7 +295,9 @@ def test_refusal_at_requalification_refuses_the_job(
 
 def test_a_job_that_is_not_waiting_is_skipped(tmp_path: Path, store: JobStore, ct_paths: list[Path]) -> None:
     job_id = _waiting_job(store, ct_paths)
-    store.set_state(job_id, JobState.RECEIVED)  # reopened by a late instance after it was queued
+    store.transition(
+        job_id, JobState.WAITING, JobState.RECEIVED
+    )  # reopened by a late instance after it was queued
     translator = FakeTranslator()
     assert _worker(_config(tmp_path / "data"), store, translator).process(job_id) is None
     assert translator.first_slices == []
@@ -309,7 +312,7 @@ def test_an_idle_worker_finds_waiting_jobs_nobody_queued(tmp_path: Path, store: 
         InProcessQueue(),
         FakeTranslator(),
         lambda job, paths: False,
-        Registry(),
+        NodeMetrics(),
         idle_poll_seconds=0.1,
     )
     worker.start()

@@ -8,11 +8,12 @@ import threading
 from pathlib import Path
 
 import pytest
+from jobpaths import move_to
 
-from ct2pet_node.domain.jobs import JobState
+from ct2pet_node.domain.jobs import TRANSITIONS, JobDetails, JobState, transition_for
 from ct2pet_node.domain.records import InstanceRecord
 from ct2pet_node.domain.uids import AeTitle, SeriesUid, SopInstanceUid, StudyUid, Uid
-from ct2pet_node.errors import InputError, StorageError
+from ct2pet_node.errors import IllegalTransition, InputError, StorageError
 from ct2pet_node.spool.jobstore import DB_FILE_NAME, SCHEMA_VERSION, JobStore
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -71,7 +72,7 @@ def test_instance_after_waiting_reopens_the_job(store: JobStore, tmp_path: Path)
     store.record_instance(record(tmp_path, "1.2.3.1"))
     job = store.job_for_series("1.2.3")
     assert job is not None
-    store.set_state(job.id, JobState.WAITING)
+    move_to(store, job.id, JobState.WAITING)
     store.record_instance(record(tmp_path, "1.2.3.2"))
     reopened = store.get_job(job.id)
     assert reopened is not None and reopened.state is JobState.RECEIVED and reopened.n_instances == 2
@@ -86,7 +87,7 @@ def test_instance_after_the_job_moved_on_starts_a_new_generation(
     store.record_instance(record(tmp_path, "1.2.3.1"))
     first = store.job_for_series("1.2.3")
     assert first is not None
-    store.set_state(first.id, later, reason="x" if later is JobState.REFUSED else None)
+    move_to(store, first.id, later, reason="x" if later is JobState.REFUSED else None)
     store.record_instance(record(tmp_path, "1.2.3.2"))
     second = store.job_for_series("1.2.3")
     assert second is not None and second.id != first.id
@@ -94,16 +95,27 @@ def test_instance_after_the_job_moved_on_starts_a_new_generation(
     assert store.get_job(first.id).state is later  # type: ignore[union-attr]
 
 
-def test_set_state_merges_details_and_validates_id(store: JobStore, tmp_path: Path) -> None:
+def test_transition_merges_details_and_validates_id(store: JobStore, tmp_path: Path) -> None:
     store.record_instance(record(tmp_path, "1.2.3.1"))
     job = store.job_for_series("1.2.3")
     assert job is not None
-    store.set_state(job.id, JobState.WAITING, slices=1)
-    refused = store.set_state(job.id, JobState.REFUSED, reason="too few slices", minimum=20)
-    assert refused.reason == "too few slices"
-    assert refused.details == {"slices": 1, "minimum": 20}
+    store.transition(
+        job.id, JobState.RECEIVED, JobState.WAITING, details=JobDetails(completed_because="quiet")
+    )
+    claimed = store.claim(job.id)
+    assert claimed is not None
+    refused = store.transition(
+        job.id,
+        JobState.PROCESSING,
+        JobState.REFUSED,
+        "too few slices",
+        details=JobDetails(geometry="as stored"),
+    )
+    assert refused is not None and refused.reason == "too few slices"
+    assert refused.details == JobDetails(completed_because="quiet", geometry="as stored")
+    assert refused.to_json()["details"] == {"completed_because": "quiet", "geometry": "as stored"}
     with pytest.raises(InputError, match="no job with id 999"):
-        store.set_state(999, JobState.DONE)
+        store.transition(999, JobState.RECEIVED, JobState.WAITING)
 
 
 def test_transition_is_conditional(store: JobStore, tmp_path: Path) -> None:
@@ -125,8 +137,8 @@ def test_force_flag(store: JobStore, tmp_path: Path) -> None:
     store.record_instance(record(tmp_path, "1.2.3.1"))
     job = store.request_force("1.2.3")
     assert job.forced and job.to_json()["forced"] is True
-    done = store.set_state(job.id, JobState.REFUSED, reason="x")
-    assert not done.forced
+    done = store.transition(job.id, JobState.RECEIVED, JobState.REFUSED, reason="x")
+    assert done is not None and not done.forced
     assert not store.request_force("1.2.3").forced  # a final job cannot be forced
 
 
@@ -135,8 +147,8 @@ def test_lists_counts_outputs_and_json(store: JobStore, tmp_path: Path) -> None:
     store.record_instance(record(tmp_path, "1.2.4.1", series="1.2.4"))
     store.record_instance(record(tmp_path, "1.2.5.1", series="1.2.5"))
     a, b, c = store.list_jobs()
-    store.set_state(b.id, JobState.DONE)
-    store.set_state(c.id, JobState.WAITING)
+    move_to(store, b.id, JobState.DONE)
+    move_to(store, c.id, JobState.WAITING)
     store.set_output_series_uids(b.id, ["2.25.1", "2.25.2"])
     assert [j.id for j in store.list_jobs([JobState.DONE])] == [b.id]
     assert [j.id for j in store.unfinished_jobs()] == [a.id, c.id]
@@ -165,7 +177,7 @@ def test_survives_reopen_private_files_and_schema_version(tmp_path: Path) -> Non
         store.record_instance(record(tmp_path / "data", "1.2.3.1"))
         job = store.job_for_series("1.2.3")
         assert job is not None
-        store.set_state(job.id, JobState.WAITING)
+        move_to(store, job.id, JobState.WAITING)
         assert store._query("PRAGMA journal_mode")[0][0] == "wal"
         assert store._query("PRAGMA synchronous")[0][0] == 2  # FULL
     db = tmp_path / "data" / DB_FILE_NAME
@@ -203,3 +215,59 @@ def test_concurrent_recording_from_many_threads(store: JobStore, tmp_path: Path)
         thread.join()
     assert sorted(j.n_instances for j in store.list_jobs()) == [25, 100]
     assert len(store.list_jobs()) == 2
+
+
+def _job_in(store: JobStore, tmp_path: Path, state: JobState, series: str) -> int:
+    store.record_instance(record(tmp_path, f"{series}.1", series=series))
+    job = store.job_for_series(series)
+    assert job is not None
+    return move_to(store, job.id, state).id
+
+
+@pytest.mark.parametrize("source", list(JobState))
+@pytest.mark.parametrize("target", list(JobState))
+def test_the_writer_makes_every_legal_move_and_refuses_every_other(
+    store: JobStore, tmp_path: Path, source: JobState, target: JobState
+) -> None:
+    seen: list[tuple[int, JobState, JobState]] = []
+    store._on_transition = lambda job, previous: seen.append((job.id, previous, job.state))
+    job_id = _job_in(store, tmp_path, source, "1.2.9")
+    before = store.get_job(job_id)
+    assert before is not None and before.state is source
+    seen.clear()
+    if (source, target) in {(t.source, t.target) for t in TRANSITIONS}:
+        moved = store.transition(job_id, source, target, reason="because")
+        assert moved is not None and moved.state is target and moved.reason == "because"
+        counts = transition_for(job_id, source, target).counts_attempt
+        assert moved.attempts == before.attempts + int(counts)
+        assert seen == [(job_id, source, target)]
+        # Compare-and-set: the same move again finds the job elsewhere and writes nothing.
+        if target is not source:
+            assert store.transition(job_id, source, target) is None
+    else:
+        with pytest.raises(
+            IllegalTransition, match=f"job {job_id} cannot move from {source.value} to {target.value}"
+        ):
+            store.transition(job_id, source, target)
+        after = store.get_job(job_id)
+        assert after is not None and (after.state, after.updated_at) == (source, before.updated_at)
+        assert seen == []
+
+
+def test_a_reopen_is_a_move_the_observer_sees(store: JobStore, tmp_path: Path) -> None:
+    seen: list[tuple[JobState, JobState]] = []
+    store._on_transition = lambda job, previous: seen.append((previous, job.state))
+    job_id = _job_in(store, tmp_path, JobState.WAITING, "1.2.3")
+    store.record_instance(record(tmp_path, "1.2.3.2"))
+    assert seen[-1] == (JobState.WAITING, JobState.RECEIVED)
+    assert store.get_job(job_id).state is JobState.RECEIVED  # type: ignore[union-attr]
+
+
+def test_a_failing_observer_does_not_undo_a_committed_move(store: JobStore, tmp_path: Path) -> None:
+    def broken(job: object, previous: JobState) -> None:
+        raise RuntimeError("observer bug")
+
+    store._on_transition = broken
+    store.record_instance(record(tmp_path, "1.2.3.1"))
+    moved = store.transition(1, JobState.RECEIVED, JobState.WAITING)
+    assert moved is not None and moved.state is JobState.WAITING
