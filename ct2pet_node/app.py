@@ -126,6 +126,7 @@ class Node:
             "oldest_waiting": None
             if oldest is None
             else {"id": oldest.id, "series_uid": oldest.series_uid, "since": oldest.updated_at},
+            "listener": self.scp.listener_status(),
             "destinations": self._destinations(),
             "dead_letters": [
                 {"job_id": entry.job_id, "destination": entry.destination, "last_error": entry.last_error}
@@ -190,6 +191,7 @@ def build_node(config: Config, translator: Translator | None = None) -> Node:
         on_stored,
     )
     _read_metrics_from_stores(metrics, store, engine_queue, outbox)
+    metrics.read_from_listener(scp.listener_status)
     errors = RecentErrors()
     node = Node(
         config=config,

@@ -15,6 +15,8 @@ from ct2pet_node.errors import ConfigError
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 WEIGHTS_ROOT = PROJECT_ROOT / "weights"
 OUTPUT_KINDS = ("secondary-capture", "pet")
+# [node] other_sop_classes: storage SOP classes other than CT are acknowledged and dropped, or refused.
+OTHER_SOP_CLASS_POLICIES = ("accept", "refuse")
 PRECISIONS = ("float32", "tf32", "bfloat16", "float16")
 # Fast-path switches of [engine]: absent or "auto" leaves the choice to the device's default
 # (ct2pet_node/engine/options.py), so a config moved between a GPU and a CPU host stays right.
@@ -24,12 +26,25 @@ ENGINE_COUNTS = ("batch_size", "decode_batch_size", "threads")
 
 @dataclass(frozen=True, slots=True)
 class NodeConfig:
+    """Who and where the node is, and how its DICOM listener treats what it is sent.
+
+    Attributes
+    ----------
+    network_timeout_seconds : float
+        The longest an association may stay silent, and a socket read may block.
+    other_sop_classes : str
+        One of :data:`OTHER_SOP_CLASS_POLICIES`: "accept" acknowledges storage
+        SOP classes other than CT with success and keeps nothing of them;
+        "refuse" refuses them at association negotiation.
+    """
+
     ae_title: str
     host: str
     port: int
     data_dir: Path
     min_free_mb: int
     network_timeout_seconds: float
+    other_sop_classes: str = "accept"
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ct2pet_node.config.checks import Checker, is_host, is_port
-from ct2pet_node.config.model import AdminConfig, NodeConfig, SecurityConfig
+from ct2pet_node.config.model import OTHER_SOP_CLASS_POLICIES, AdminConfig, NodeConfig, SecurityConfig
 from ct2pet_node.domain.uids import is_valid_ae_title
 
 
@@ -23,6 +23,14 @@ def parse_node(check: Checker) -> NodeConfig:
     timeout = check.get(
         "[node]", table, "network_timeout_seconds", (int, float), lambda v: v > 0, "seconds, above 0"
     )
+    others = check.get(
+        "[node]",
+        table,
+        "other_sop_classes",
+        str,
+        lambda v: v in OTHER_SOP_CLASS_POLICIES,
+        '"accept" (acknowledge PET, reports... and drop them) or "refuse" (refuse them at negotiation)',
+    )
     return NodeConfig(
         ae_title=ae or "",
         host=host or "",
@@ -30,6 +38,7 @@ def parse_node(check: Checker) -> NodeConfig:
         data_dir=Path(data_dir or ".").expanduser(),
         min_free_mb=min_free or 0,
         network_timeout_seconds=float(timeout or 0),
+        other_sop_classes=others or "accept",
     )
 
 

@@ -15,8 +15,10 @@ deferred TLS handshake (done on the association's own thread), a PDU
 declaring more than :data:`MAX_PDU_READ_BYTES` closes the connection before
 its body is read, and a data set growing past the instance limit is
 discarded as it arrives, so the handler can answer 0xA701 instead of the
-process holding it; a malformed DIMSE command set is dropped and the
-association aborted before it reaches pynetdicom's decoder. These hooks use pynetdicom internals
+process holding it, and a data set of a SOP class the node does not keep
+is discarded as it arrives but for its first bytes (the header keys the log
+names); a malformed DIMSE command set is dropped and the association
+aborted before it reaches pynetdicom's decoder. These hooks use pynetdicom internals
 (``AssociationSocket.recv`` reading a PDU body in one call,
 ``Association.dimse.message.data_set``); ``tests/fuzz`` pins them.
 """
@@ -24,6 +26,7 @@ association aborted before it reaches pynetdicom's decoder. These hooks use pyne
 from __future__ import annotations
 
 import socket
+from collections.abc import Collection
 from io import BytesIO
 from typing import Any
 
@@ -42,6 +45,9 @@ log = structlog.get_logger(__name__)
 # A-ASSOCIATE-RQ with a hundred presentation contexts is ~15 KiB. Four times
 # the advertised size leaves room for sloppy senders and bounds the buffer.
 MAX_PDU_READ_BYTES = 4 * 262_144
+# Bytes kept of a data set the node drops: enough for the header keys logged
+# (SOP class, series UID), which come long before any pixel data.
+IGNORED_HEAD_BYTES = 65_536
 
 
 class OversizedDataSet(BytesIO):
@@ -53,6 +59,23 @@ class OversizedDataSet(BytesIO):
 
     def write(self, data: Any) -> int:
         size = len(data)
+        self.received += size
+        return size
+
+
+class IgnoredDataSet(BytesIO):
+    """Stands in for a data set the node does not keep: holds its first bytes, counts the rest."""
+
+    def __init__(self, head: bytes) -> None:
+        super().__init__()
+        self.received = 0
+        self.write(head)
+
+    def write(self, data: Any) -> int:
+        size = len(data)
+        room = IGNORED_HEAD_BYTES - self.received
+        if room > 0:
+            super().write(bytes(data[:room]))
         self.received += size
         return size
 
@@ -107,12 +130,15 @@ class GuardedAssociationServer(ThreadedAssociationServer):
         return client, address
 
 
-def pdu_guard(max_instance_bytes: int) -> Any:
+def pdu_guard(max_instance_bytes: int, kept_sop_classes: Collection[str]) -> Any:
     """An ``EVT_PDU_RECV`` handler bounding instance size and refusing malformed DIMSE commands.
 
     Runs on the association's reactor thread just before a P-DATA PDU is
     added to the DIMSE message being gathered, so:
 
+    * a C-STORE data set on a presentation context whose SOP class is not
+      in ``kept_sop_classes`` is swapped for an :class:`IgnoredDataSet`
+      (the handler drops it; its size does not matter);
     * a C-STORE data set growing past ``max_instance_bytes`` is swapped for
       an :class:`OversizedDataSet` (at most one PDU more than the limit is
       ever held) and the handler answers 0xA701;
@@ -132,7 +158,10 @@ def pdu_guard(max_instance_bytes: int) -> Any:
             event.assoc.abort()
             return
         data_set = getattr(message, "data_set", None)
-        if not isinstance(data_set, BytesIO) or isinstance(data_set, OversizedDataSet):
+        if not isinstance(data_set, BytesIO) or isinstance(data_set, OversizedDataSet | IgnoredDataSet):
+            return
+        if not _kept(event.assoc, getattr(message, "context_id", None), kept_sop_classes):
+            message.data_set = IgnoredDataSet(data_set.getvalue()[:IGNORED_HEAD_BYTES])  # type: ignore[union-attr]
             return
         incoming = sum(len(item.presentation_data_value or b"") for item in pdu.presentation_data_value_items)
         held = data_set.getbuffer().nbytes
@@ -146,6 +175,16 @@ def pdu_guard(max_instance_bytes: int) -> Any:
             message.data_set = OversizedDataSet(held)  # type: ignore[union-attr]
 
     return on_pdu_received
+
+
+def _kept(association: Association, context_id: int | None, kept_sop_classes: Collection[str]) -> bool:
+    """Whether the message on ``context_id`` is of a SOP class the node keeps (unknown yet: yes)."""
+    if context_id is None:  # the command set is not complete yet: no data set is being gathered
+        return True
+    for context in association.accepted_contexts:
+        if context.context_id == context_id:
+            return context.abstract_syntax in kept_sop_classes
+    return True  # not an accepted context: pynetdicom refuses the message itself
 
 
 _REQUIRED_COMMAND_TAGS = (Tag(0x0000, 0x0100), Tag(0x0000, 0x0800))  # CommandField, CommandDataSetType

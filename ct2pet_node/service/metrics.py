@@ -7,7 +7,8 @@ to audit in a hospital than another dependency.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 LabelKey = tuple[tuple[str, str], ...]
 
@@ -86,6 +87,10 @@ class Registry:
         self.instances_received = Counter(
             "ct2pet_instances_received_total", "CT instances acknowledged to senders."
         )
+        self.instances_ignored = Counter(
+            "ct2pet_instances_ignored_total",
+            "Instances of SOP classes the node does not translate, acknowledged and dropped, by SOP class.",
+        )
         self.instances_rejected = Counter(
             "ct2pet_instances_rejected_total", "C-STORE requests answered with a failure status, by status."
         )
@@ -103,6 +108,17 @@ class Registry:
         self.instances_sent = Counter("ct2pet_instances_sent_total", "Instances delivered, by destination.")
         self.jobs = Gauge("ct2pet_jobs", "Jobs by state.")
         self.queue_depth = Gauge("ct2pet_queue_depth", "Items waiting, by queue.")
+
+    def read_from_listener(self, status: Callable[[], Mapping[str, Any]]) -> None:
+        """Take the DICOM listener's series at scrape time from its own counts.
+
+        ``status`` is ``StorageScp.listener_status`` (the same numbers
+        ``ct2pet-node status`` shows), passed in so this module needs no
+        pynetdicom.
+        """
+        self.instances_ignored.read_from(
+            lambda: {(("sop_class", name),): float(n) for name, n in status()["instances_ignored"].items()}
+        )
 
     def all(self) -> list[_Metric]:
         return [value for value in vars(self).values() if isinstance(value, _Metric)]

@@ -31,6 +31,13 @@ def render_status(report: dict[str, Any], now: float | None = None) -> str:
         "jobs       " + ", ".join(f"{state} {count}" for state, count in jobs.items()),
         "queues     " + ", ".join(f"{name} {depth}" for name, depth in queues.items()),
     ]
+    ignored = report.get("listener", {}).get("instances_ignored", {})
+    if ignored:
+        lines.append(
+            "ignored    "
+            + ", ".join(f"{name} {count}" for name, count in sorted(ignored.items()))
+            + " (not CT: acknowledged, not kept)"
+        )
     if report.get("current_job") is not None:
         lines.append(f"processing job {report['current_job']}")
     oldest = report.get("oldest_waiting")

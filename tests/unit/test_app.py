@@ -98,6 +98,15 @@ def test_series_counters_are_read_from_the_job_store(node: app.Node) -> None:
     assert node.metrics.jobs.value(state="refused") == 1
 
 
+def test_instances_ignored_by_the_listener_reach_status_and_metrics(node: app.Node) -> None:
+    node.scp._ignored["PositronEmissionTomographyImageStorage"] = 3  # what three dropped PET slices leave
+    assert node.status()["listener"]["instances_ignored"] == {"PositronEmissionTomographyImageStorage": 3}
+    assert node.metrics.instances_ignored.value(sop_class="PositronEmissionTomographyImageStorage") == 3
+    assert 'ct2pet_instances_ignored_total{sop_class="PositronEmissionTomographyImageStorage"} 3' in (
+        node.metrics.render()
+    )
+
+
 def test_the_counting_sender_counts_delivered_instances_and_failed_attempts(tmp_path: Path) -> None:
     metrics = Registry()
     answers: list[list[InstanceResult]] = [

@@ -84,3 +84,13 @@ def test_missing_and_malformed_files_name_the_file(tmp_path: Path) -> None:
 def test_cuda_only_precisions_on_cpu_are_refused(tmp_path: Path, precision: str) -> None:
     with pytest.raises(ConfigError, match="needs CUDA"):
         load_config(write(tmp_path, f'[engine]\ndevice = "cpu"\nprecision = "{precision}"\n'))
+
+
+def test_other_sop_classes_are_accepted_by_default_and_may_be_refused(tmp_path: Path) -> None:
+    assert load_config().node.other_sop_classes == "accept"
+    assert (
+        load_config(write(tmp_path, '[node]\nother_sop_classes = "refuse"\n')).node.other_sop_classes
+        == "refuse"
+    )
+    with pytest.raises(ConfigError, match=r'\[node\] other_sop_classes: .* "accept" .* or "refuse"'):
+        load_config(write(tmp_path, '[node]\nother_sop_classes = "drop"\n'))

@@ -63,3 +63,10 @@ def test_an_idle_node_without_destinations_says_where_results_stay() -> None:
     assert "processing job" not in text and "oldest waiting" not in text
     assert "destinations: none configured (results stay in data_dir)" in text
     assert "last errors" not in text
+
+
+def test_instances_ignored_by_sop_class_are_shown_only_when_there_are_some() -> None:
+    listener = {"instances_ignored": {"PositronEmissionTomographyImageStorage": 12, "BasicTextSRStorage": 1}}
+    text = render_status(_report(listener=listener), now=NOW)
+    assert "ignored    BasicTextSRStorage 1, PositronEmissionTomographyImageStorage 12" in text
+    assert "ignored " not in render_status(_report(listener={"instances_ignored": {}}), now=NOW)
