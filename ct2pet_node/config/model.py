@@ -32,6 +32,15 @@ class NodeConfig:
     ----------
     network_timeout_seconds : float
         The longest an association may stay silent, and a socket read may block.
+    max_associations : int
+        Associations at once (counted from their A-ASSOCIATE-RQ); more are
+        rejected, transient.
+    association_request_timeout_seconds : float
+        How long a new connection may take (TLS handshake included) to send
+        its A-ASSOCIATE-RQ before it is closed (DICOM's ARTIM timer).
+    max_waiting_connections : int
+        Connections that have not yet sent their A-ASSOCIATE-RQ held at
+        once; the oldest is closed to make room for a new one.
     other_sop_classes : str
         One of :data:`OTHER_SOP_CLASS_POLICIES`: "accept" acknowledges storage
         SOP classes other than CT with success and keeps nothing of them;
@@ -45,6 +54,9 @@ class NodeConfig:
     min_free_mb: int
     network_timeout_seconds: float
     other_sop_classes: str = "accept"
+    max_associations: int = 10
+    association_request_timeout_seconds: float = 5.0
+    max_waiting_connections: int = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +77,9 @@ class SecurityConfig:
     max_instance_mb : int
         Largest data set one C-STORE may carry, MiB; a larger one is
         discarded as it arrives and answered 0xA701.
+    max_associations_per_peer : int
+        Associations one peer address may hold at once, so one host cannot
+        take every one of ``[node] max_associations``.
     """
 
     allowed_calling_ae_titles: tuple[str, ...]
@@ -73,6 +88,7 @@ class SecurityConfig:
     tls_ca_certificates: Path | None = None
     require_client_certificate: bool = False
     max_instance_mb: int = 512
+    max_associations_per_peer: int = 8
 
     @property
     def tls_enabled(self) -> bool:

@@ -52,6 +52,7 @@ from ct2pet_node.net.contexts import (
     storage_sop_classes,
 )
 from ct2pet_node.net.guards import GuardedAssociationServer, OversizedDataSet, pdu_guard
+from ct2pet_node.net.limits import AssociationGate, AssociationLimits
 from ct2pet_node.net.store_header import (
     CANNOT_PARSE,
     INVALID_HEADER,
@@ -80,7 +81,6 @@ __all__ = [
     "StorageScp",
 ]
 
-DEFAULT_MAX_ASSOCIATIONS = 10
 # Largest PDU we accept, bytes. pynetdicom parses PDUs in Python, so a 512 KB CT
 # slice in 16 KB PDUs (the default) costs ~15% more time than in 256 KB ones
 # (benchmarks/ingest.py); bounded so one PDU buffer stays small.
@@ -103,8 +103,9 @@ class StorageScp:
     on_stored : callable
         Called with each newly stored :class:`InstanceRecord` (the router's
         ``notify``); must not block. Not called for a re-sent instance.
-    max_associations : int
-        Concurrent associations accepted; more are rejected (transient).
+    max_associations : int or None
+        Overrides ``node.max_associations`` (associations at once; more are
+        rejected, transient). Per peer: ``security.max_associations_per_peer``.
     address : (host, port) or None
         Overrides ``node.host`` and ``node.port``; port 0 binds a free port
         (see :attr:`port`).
@@ -121,7 +122,7 @@ class StorageScp:
         store: JobStore,
         on_stored: Callable[[InstanceRecord], None],
         *,
-        max_associations: int = DEFAULT_MAX_ASSOCIATIONS,
+        max_associations: int | None = None,
         address: tuple[str, int] | None = None,
         tcp_nodelay: bool = True,
         clock: Callable[[], float] = time.time,
@@ -139,14 +140,22 @@ class StorageScp:
         self._thread: threading.Thread | None = None
         self._ignored: dict[str, int] = {}
         self._ignored_lock = threading.Lock()
+        self._node = node
+        self._gate = AssociationGate(
+            AssociationLimits(max_associations or node.max_associations, security.max_associations_per_peer)
+        )
         self.ae_title = node.ae_title
         ae = AE(ae_title=node.ae_title)
         ae.require_called_aet = True
         ae.require_calling_aet = list(security.allowed_calling_ae_titles)
-        ae.maximum_associations = max_associations
+        # The gate (EVT_REQUESTED) is the limit; pynetdicom's own count includes threads still
+        # winding down after a rejection, so it only backstops a gate that failed.
+        ae.maximum_associations = 4 * self._gate.limits.max_associations + node.max_waiting_connections
         ae.maximum_pdu_size = MAX_PDU_BYTES
         ae.network_timeout = node.network_timeout_seconds
-        ae.acse_timeout = node.network_timeout_seconds
+        # An acceptor's ACSE timeout is its ARTIM timer: how long it waits for the
+        # peer to close after a rejection or release (the request itself is read already).
+        ae.acse_timeout = node.association_request_timeout_seconds
         ae.dimse_timeout = node.network_timeout_seconds
         for sop_class in storage_sop_classes(node.other_sop_classes):
             ae.add_supported_context(sop_class, list(ACCEPTED_TRANSFER_SYNTAXES))
@@ -167,15 +176,26 @@ class StorageScp:
 
     def listener_status(self) -> dict[str, Any]:
         """What ``status`` and ``/metrics`` show of the listener; counts since start, no patient data."""
-        return {"instances_ignored": self.ignored_counts()}
+        server = self._server
+        room = server.waiting_room if server is not None else None
+        return {
+            "connections_waiting": room.waiting if room is not None else 0,
+            "max_waiting_connections": self._node.max_waiting_connections,
+            "associations_active": self._gate.limits.active(),
+            "max_associations": self._gate.limits.max_associations,
+            "associations_rejected": self._gate.rejected(),
+            "connections_dropped": room.dropped() if room is not None else {},
+            "instances_ignored": self.ignored_counts(),
+        }
 
     def start(self, blocking: bool = False) -> None:
         """Bind and serve; with ``blocking`` serve on this thread until :meth:`stop`."""
         handlers: list[Any] = [
             (evt.EVT_C_STORE, self._handle_store),
             (evt.EVT_C_ECHO, self._handle_echo),
+            (evt.EVT_REQUESTED, self._gate.on_requested),
             (evt.EVT_ACCEPTED, self._handle_accepted),
-            (evt.EVT_REJECTED, self._handle_rejected),
+            (evt.EVT_REJECTED, self._gate.on_rejected),
             (evt.EVT_ABORTED, self._handle_aborted),
             (evt.EVT_PDU_RECV, pdu_guard(self._max_instance_bytes, CT_STORAGE_SOP_CLASSES)),
         ]
@@ -197,6 +217,8 @@ class StorageScp:
             ) from error
         server.io_timeout_seconds = self._io_timeout
         server.tcp_nodelay = self._tcp_nodelay
+        server.request_timeout_seconds = self._node.association_request_timeout_seconds
+        server.max_waiting_connections = self._node.max_waiting_connections
         self._server = server
         self._ae._servers.append(server)  # so AE.shutdown() and active_associations see it
         log.info(
@@ -362,14 +384,6 @@ class StorageScp:
             peer=requestor.address,
             assoc_id=event.assoc.native_id,
             contexts=len(event.assoc.accepted_contexts),
-        )
-
-    def _handle_rejected(self, event: Event) -> None:
-        requestor = event.assoc.requestor
-        log.warning(
-            "association_rejected",
-            calling_ae=requestor.ae_title,
-            peer=requestor.address,
         )
 
     def _handle_aborted(self, event: Event) -> None:

@@ -106,6 +106,19 @@ class Registry:
             "ct2pet_send_failures_total", "Failed delivery attempts, by destination."
         )
         self.instances_sent = Counter("ct2pet_instances_sent_total", "Instances delivered, by destination.")
+        self.connections_waiting = Gauge(
+            "ct2pet_connections_waiting", "DICOM connections that have not yet sent an association request."
+        )
+        self.connections_dropped = Counter(
+            "ct2pet_connections_dropped_total",
+            "DICOM connections closed before their association request, by reason.",
+        )
+        self.associations_active = Gauge(
+            "ct2pet_associations_active", "DICOM associations holding a slot (requested and not ended)."
+        )
+        self.associations_rejected = Counter(
+            "ct2pet_associations_rejected_total", "DICOM association requests rejected, by reason."
+        )
         self.jobs = Gauge("ct2pet_jobs", "Jobs by state.")
         self.queue_depth = Gauge("ct2pet_queue_depth", "Items waiting, by queue.")
 
@@ -116,9 +129,15 @@ class Registry:
         ``ct2pet-node status`` shows), passed in so this module needs no
         pynetdicom.
         """
-        self.instances_ignored.read_from(
-            lambda: {(("sop_class", name),): float(n) for name, n in status()["instances_ignored"].items()}
-        )
+
+        def by(key: str, label: str) -> Callable[[], dict[LabelKey, float]]:
+            return lambda: {((label, name),): float(n) for name, n in status()[key].items()}
+
+        self.instances_ignored.read_from(by("instances_ignored", "sop_class"))
+        self.associations_rejected.read_from(by("associations_rejected", "reason"))
+        self.connections_dropped.read_from(by("connections_dropped", "reason"))
+        self.associations_active.read_from(lambda: {(): float(status()["associations_active"])})
+        self.connections_waiting.read_from(lambda: {(): float(status()["connections_waiting"])})
 
     def all(self) -> list[_Metric]:
         return [value for value in vars(self).values() if isinstance(value, _Metric)]

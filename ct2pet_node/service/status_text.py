@@ -17,6 +17,10 @@ def _ago(timestamp: float | None, now: float) -> str:
     return f"{seconds / 3600:.1f} h ago"
 
 
+def _counts(title: str, counts: dict[str, int]) -> str:
+    return f"{title} " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) if counts else ""
+
+
 def render_status(report: dict[str, Any], now: float | None = None) -> str:
     """Lines of text from the ``/status`` JSON."""
     now = time.time() if now is None else now
@@ -31,7 +35,16 @@ def render_status(report: dict[str, Any], now: float | None = None) -> str:
         "jobs       " + ", ".join(f"{state} {count}" for state, count in jobs.items()),
         "queues     " + ", ".join(f"{name} {depth}" for name, depth in queues.items()),
     ]
-    ignored = report.get("listener", {}).get("instances_ignored", {})
+    listener = report.get("listener", {})
+    if "associations_active" in listener:
+        lines.append(
+            f"listener   associations {listener['associations_active']}/{listener.get('max_associations')}, "
+            f"waiting connections {listener.get('connections_waiting', 0)}"
+            f"/{listener.get('max_waiting_connections')}"
+            + _counts("; rejected", listener.get("associations_rejected", {}))
+            + _counts("; dropped", listener.get("connections_dropped", {}))
+        )
+    ignored = listener.get("instances_ignored", {})
     if ignored:
         lines.append(
             "ignored    "

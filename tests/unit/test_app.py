@@ -98,13 +98,24 @@ def test_series_counters_are_read_from_the_job_store(node: app.Node) -> None:
     assert node.metrics.jobs.value(state="refused") == 1
 
 
-def test_instances_ignored_by_the_listener_reach_status_and_metrics(node: app.Node) -> None:
+def test_the_listener_counts_reach_status_and_metrics(node: app.Node) -> None:
     node.scp._ignored["PositronEmissionTomographyImageStorage"] = 3  # what three dropped PET slices leave
-    assert node.status()["listener"]["instances_ignored"] == {"PositronEmissionTomographyImageStorage": 3}
+    node.scp._gate._count("max_associations_per_peer")
+    listener = node.status()["listener"]
+    assert listener["instances_ignored"] == {"PositronEmissionTomographyImageStorage": 3}
+    assert listener["associations_rejected"] == {"max_associations_per_peer": 1}
+    assert (listener["associations_active"], listener["max_associations"]) == (0, 10)
+    assert (listener["connections_waiting"], listener["max_waiting_connections"]) == (0, 64)
     assert node.metrics.instances_ignored.value(sop_class="PositronEmissionTomographyImageStorage") == 3
-    assert 'ct2pet_instances_ignored_total{sop_class="PositronEmissionTomographyImageStorage"} 3' in (
-        node.metrics.render()
-    )
+    text = node.metrics.render()
+    for line in (
+        'ct2pet_instances_ignored_total{sop_class="PositronEmissionTomographyImageStorage"} 3',
+        'ct2pet_associations_rejected_total{reason="max_associations_per_peer"} 1',
+        "ct2pet_associations_active 0",
+        "ct2pet_connections_waiting 0",
+        "# TYPE ct2pet_connections_dropped_total counter",
+    ):
+        assert line in text
 
 
 def test_the_counting_sender_counts_delivered_instances_and_failed_attempts(tmp_path: Path) -> None:
