@@ -90,8 +90,18 @@ def _components(
     metrics.queue_depth.read_from(
         lambda: {"engine": engine_queue.depth(), "outbox": len(outbox.due(time.time()))}
     )
+    metrics.read_from_listener(scp.listener_status)
     errors = RecentErrors()
-    sources = StatusSources(config, store, outbox, worker, errors, started_at=time.time(), pid=os.getpid())
+    sources = StatusSources(
+        config,
+        store,
+        outbox,
+        worker,
+        errors,
+        started_at=time.time(),
+        pid=os.getpid(),
+        listener=scp.listener_status,
+    )
 
     def status() -> StatusReport:
         return build_status(sources, time.time())

@@ -268,8 +268,10 @@ class StorescpPeer:
 class OrthancPeer:
     """Orthanc in a namespace with a temporary storage directory; REST reachable from the test.
 
-    Use :meth:`rest` for GET requests against its REST API (``/instances``,
-    ``/statistics``...); it enters the namespace for the call.
+    Use :meth:`rest` for requests against its REST API (``/instances``,
+    ``/statistics``...), :meth:`upload` to store a file in it and
+    :meth:`wait_for_job` for its asynchronous jobs; each enters the
+    namespace for the call.
     """
 
     def __init__(
@@ -345,8 +347,30 @@ class OrthancPeer:
     def __exit__(self, *_: object) -> None:
         self.stop()
 
-    def rest(self, path: str) -> Any:
-        """GET ``path`` from the REST API and decode the JSON answer."""
+    def rest(self, path: str, method: str = "GET", body: bytes | dict[str, Any] | None = None) -> Any:
+        """Call ``path`` on the REST API and decode the JSON answer.
+
+        ``body``: bytes are sent as they are (``POST /instances`` takes a
+        DICOM file), a dict as JSON (``PUT /modalities/NAME``, ``POST
+        /modalities/NAME/store``).
+        """
         url = f"http://127.0.0.1:{self.http_port}{path}"
-        with self.namespace.entered(), self._opener.open(url, timeout=10) as response:
-            return json.loads(response.read())
+        data = json.dumps(body).encode() if isinstance(body, dict) else body
+        request = urllib.request.Request(url, data=data, method=method)
+        with self.namespace.entered(), self._opener.open(request, timeout=30) as response:
+            answer = response.read()
+        return json.loads(answer) if answer.strip() else None
+
+    def upload(self, path: Path) -> dict[str, Any]:
+        """Store one DICOM file in Orthanc (``POST /instances``); its answer names the parent study."""
+        answer: dict[str, Any] = self.rest("/instances", "POST", path.read_bytes())
+        return answer
+
+    def wait_for_job(self, job_id: str, timeout: float = 60.0) -> dict[str, Any]:
+        """Poll ``/jobs/ID`` until the job succeeds or fails; its last state."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job: dict[str, Any] = self.rest(f"/jobs/{job_id}")
+            if job["State"] in ("Success", "Failure") or time.monotonic() > deadline:
+                return job
+            time.sleep(0.2)

@@ -19,6 +19,8 @@ OUTPUT_KINDS = ("secondary-capture", "pet")
 # config imports nothing of the engine, so torch can never reach it that way.
 # "auto": as device, CUDA when present; as a fast-path value, the device's default (None).
 AUTO = "auto"
+# [node] other_sop_classes: storage SOP classes other than CT are acknowledged and dropped, or refused.
+OTHER_SOP_CLASS_POLICIES = ("accept", "refuse")
 PRECISIONS = ("float32", "tf32", "bfloat16", "float16")
 # Offered on CUDA only; bfloat16 autocast is offered on CPUs too (engine/options.py).
 CUDA_ONLY_PRECISIONS = ("tf32", "float16")
@@ -30,12 +32,37 @@ ENGINE_COUNTS = ("batch_size", "decode_batch_size", "threads")
 
 @dataclass(frozen=True, slots=True)
 class NodeConfig:
+    """Who and where the node is, and how its DICOM listener treats what it is sent.
+
+    Attributes
+    ----------
+    network_timeout_seconds : float
+        The longest an association may stay silent, and a socket read may block.
+    max_associations : int
+        Associations at once (counted from their A-ASSOCIATE-RQ); more are
+        rejected, transient.
+    association_request_timeout_seconds : float
+        How long a new connection may take (TLS handshake included) to send
+        its A-ASSOCIATE-RQ before it is closed (DICOM's ARTIM timer).
+    max_waiting_connections : int
+        Connections that have not yet sent their A-ASSOCIATE-RQ held at
+        once; the oldest is closed to make room for a new one.
+    other_sop_classes : str
+        One of :data:`OTHER_SOP_CLASS_POLICIES`: "accept" acknowledges storage
+        SOP classes other than CT with success and keeps nothing of them;
+        "refuse" refuses them at association negotiation.
+    """
+
     ae_title: str
     host: str
     port: int
     data_dir: Path
     min_free_mb: int
     network_timeout_seconds: float
+    other_sop_classes: str = "accept"
+    max_associations: int = 10
+    association_request_timeout_seconds: float = 5.0
+    max_waiting_connections: int = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +83,9 @@ class SecurityConfig:
     max_instance_mb : int
         Largest data set one C-STORE may carry, MiB; a larger one is
         discarded as it arrives and answered 0xA701.
+    max_associations_per_peer : int
+        Associations one peer address may hold at once, so one host cannot
+        take every one of ``[node] max_associations``.
     """
 
     allowed_calling_ae_titles: tuple[str, ...]
@@ -64,6 +94,7 @@ class SecurityConfig:
     tls_ca_certificates: Path | None = None
     require_client_certificate: bool = False
     max_instance_mb: int = 512
+    max_associations_per_peer: int = 8
 
     @property
     def tls_enabled(self) -> bool:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ct2pet_node.config.checks import Checker, is_host, is_port
-from ct2pet_node.config.model import AdminConfig, NodeConfig, SecurityConfig
+from ct2pet_node.config.model import OTHER_SOP_CLASS_POLICIES, AdminConfig, NodeConfig, SecurityConfig
 from ct2pet_node.domain.uids import is_valid_ae_title
 
 
@@ -23,6 +23,33 @@ def parse_node(check: Checker) -> NodeConfig:
     timeout = check.get(
         "[node]", table, "network_timeout_seconds", (int, float), lambda v: v > 0, "seconds, above 0"
     )
+    others = check.get(
+        "[node]",
+        table,
+        "other_sop_classes",
+        str,
+        lambda v: v in OTHER_SOP_CLASS_POLICIES,
+        '"accept" (acknowledge PET, reports... and drop them) or "refuse" (refuse them at negotiation)',
+    )
+    max_associations = check.get(
+        "[node]", table, "max_associations", int, lambda v: v >= 1, "associations at once, 1 or more"
+    )
+    request_timeout = check.get(
+        "[node]",
+        table,
+        "association_request_timeout_seconds",
+        (int, float),
+        lambda v: v > 0,
+        "seconds a new connection has to send its association request, above 0 (a few: 5)",
+    )
+    max_waiting = check.get(
+        "[node]",
+        table,
+        "max_waiting_connections",
+        int,
+        lambda v: v >= 1,
+        "connections waiting for their association request at once, 1 or more",
+    )
     return NodeConfig(
         ae_title=ae or "",
         host=host or "",
@@ -30,6 +57,10 @@ def parse_node(check: Checker) -> NodeConfig:
         data_dir=Path(data_dir or ".").expanduser(),
         min_free_mb=min_free or 0,
         network_timeout_seconds=float(timeout or 0),
+        other_sop_classes=others or "accept",
+        max_associations=max_associations or 1,
+        association_request_timeout_seconds=float(request_timeout or 1),
+        max_waiting_connections=max_waiting or 1,
     )
 
 
@@ -52,6 +83,14 @@ def parse_security(check: Checker) -> SecurityConfig:
     max_instance = check.get(
         "[security]", table, "max_instance_mb", int, lambda v: v >= 1, "megabytes, 1 or more"
     )
+    per_peer = check.get(
+        "[security]",
+        table,
+        "max_associations_per_peer",
+        int,
+        lambda v: v >= 1,
+        "associations one peer address may hold at once, 1 or more",
+    )
     if (certificate is None) != (private_key is None):
         check.problems.append(
             "[security] tls_certificate, tls_private_key: set both (TLS on) or neither (plain TCP)"
@@ -68,6 +107,7 @@ def parse_security(check: Checker) -> SecurityConfig:
         tls_ca_certificates=ca_bundle,
         require_client_certificate=bool(require_client),
         max_instance_mb=max_instance or 512,
+        max_associations_per_peer=per_peer or 1,
     )
 
 

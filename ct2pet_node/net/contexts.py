@@ -1,7 +1,11 @@
-"""What the node accepts at association negotiation: CT storage in a transfer syntax we can decode.
+"""What the node accepts at association negotiation: storage in a transfer syntax we can decode.
 
-Restricting presentation contexts refuses other SOP classes (MR, PET, ...)
-before a single byte of their data is sent, instead of filtering later.
+CT storage is what the node translates. Every other storage SOP class is
+accepted too by default (``[node] other_sop_classes = "accept"``) and
+acknowledged without being kept: a PACS forwards whole studies (CT, PET,
+reports...), and one presentation context we refuse fails the whole
+forwarding job, the CT included. ``"refuse"`` negotiates CT only, so other
+SOP classes are refused before a byte of their data is sent.
 Every transfer syntax listed here is decodable by the installed pydicom
 plugins (pylibjpeg-openjpeg, pylibjpeg-rle, pyjpegls, python-gdcm).
 """
@@ -24,8 +28,18 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
+from pynetdicom.presentation import AllStoragePresentationContexts
 
 CT_STORAGE_SOP_CLASSES: tuple[UID, ...] = (CTImageStorage, EnhancedCTImageStorage)
+
+# Every storage SOP class pynetdicom knows (170 in pynetdicom 3.0), CT excluded. An
+# acceptor may support any number of contexts; the 128 limit is on what one
+# association *proposes*, and the negotiation takes the intersection.
+OTHER_STORAGE_SOP_CLASSES: tuple[UID, ...] = tuple(
+    UID(str(context.abstract_syntax))
+    for context in AllStoragePresentationContexts
+    if context.abstract_syntax not in CT_STORAGE_SOP_CLASSES
+)
 
 UNCOMPRESSED_TRANSFER_SYNTAXES: tuple[UID, ...] = (
     ExplicitVRLittleEndian,
@@ -57,3 +71,10 @@ ACCEPTED_TRANSFER_SYNTAXES: tuple[UID, ...] = (
 )
 
 VERIFICATION_SOP_CLASS = UID("1.2.840.10008.1.1")
+
+
+def storage_sop_classes(other_sop_classes: str) -> tuple[UID, ...]:
+    """The storage SOP classes to negotiate: CT, plus every other one when ``other_sop_classes`` is "accept"."""
+    if other_sop_classes == "accept":
+        return CT_STORAGE_SOP_CLASSES + OTHER_STORAGE_SOP_CLASSES
+    return CT_STORAGE_SOP_CLASSES

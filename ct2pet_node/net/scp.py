@@ -1,12 +1,15 @@
 """The storage SCP: receive CT instances, spool them durably, answer.
 
 The C-STORE handler writes, records, notifies and answers; it never raises
-and never decodes pixels, talks to the GPU or opens a connection. Status
-codes it answers:
+and never decodes pixels, talks to the GPU or opens a connection. Instances
+of other storage SOP classes (negotiated when ``[node] other_sop_classes``
+is "accept") are acknowledged and dropped: nothing written, only counted
+(:meth:`StorageScp.ignored_counts`) and logged. Status codes it answers:
 
 ========  ================================================================
 0x0000    stored, or already stored (a re-sent SOP Instance UID is
-          acknowledged without being written again: the first copy wins)
+          acknowledged without being written again: the first copy wins),
+          or not CT and dropped
 0xA700    out of resources: the data directory is at its free-space
           watermark, or the spool or job store could not be written (the
           sender should retry later)
@@ -27,14 +30,9 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from io import BytesIO
 from typing import Any, cast
 
 import structlog
-from pydicom.dataset import Dataset
-from pydicom.filereader import read_dataset
-from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 from pynetdicom import AE, evt
 from pynetdicom.dimse_primitives import C_STORE
@@ -43,16 +41,25 @@ from pynetdicom.events import Event
 
 from ct2pet_node.config import NodeConfig, SecurityConfig
 from ct2pet_node.domain.records import InstanceRecord
-from ct2pet_node.domain.uids import AeTitle, SeriesUid, SopInstanceUid, StudyUid, Uid, require_uid
-from ct2pet_node.errors import InputError, OutOfSpace, StorageError
+from ct2pet_node.domain.uids import AeTitle, Uid
+from ct2pet_node.errors import OutOfSpace, StorageError
 from ct2pet_node.net import tls
 from ct2pet_node.net.contexts import (
     ACCEPTED_TRANSFER_SYNTAXES,
     CT_STORAGE_SOP_CLASSES,
     UNCOMPRESSED_TRANSFER_SYNTAXES,
     VERIFICATION_SOP_CLASS,
+    storage_sop_classes,
 )
 from ct2pet_node.net.guards import GuardedAssociationServer, OversizedDataSet, pdu_guard
+from ct2pet_node.net.limits import AssociationGate, AssociationLimits
+from ct2pet_node.net.store_header import (
+    CANNOT_PARSE,
+    INVALID_HEADER,
+    Refusal,
+    read_header,
+    series_uid_of,
+)
 from ct2pet_node.spool.instances import InstanceSpool
 from ct2pet_node.spool.jobstore import JobStore
 
@@ -62,87 +69,24 @@ SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 INSTANCE_TOO_LARGE = 0xA701
 SOP_CLASS_MISMATCH = 0xA900
-CANNOT_PARSE = 0xC210
-INVALID_HEADER = 0xC211
 SOP_INSTANCE_MISMATCH = 0xC212
+__all__ = [
+    "CANNOT_PARSE",
+    "INSTANCE_TOO_LARGE",
+    "INVALID_HEADER",
+    "OUT_OF_RESOURCES",
+    "SOP_CLASS_MISMATCH",
+    "SOP_INSTANCE_MISMATCH",
+    "SUCCESS",
+    "StorageScp",
+]
 
-DEFAULT_MAX_ASSOCIATIONS = 10
 # Largest PDU we accept, bytes. pynetdicom parses PDUs in Python, so a 512 KB CT
 # slice in 16 KB PDUs (the default) costs ~15% more time than in 256 KB ones
 # (benchmarks/ingest.py); bounded so one PDU buffer stays small.
 MAX_PDU_BYTES = 262_144
 # How quickly stop() is noticed by the accept loop, seconds.
 _POLL_SECONDS = 0.1
-
-_SOP_CLASS = Tag(0x0008, 0x0016)
-_SOP_INSTANCE = Tag(0x0008, 0x0018)
-_MODALITY = Tag(0x0008, 0x0060)
-_STUDY = Tag(0x0020, 0x000D)
-_SERIES = Tag(0x0020, 0x000E)
-_HEADER_TAGS: list[BaseTag] = [_SOP_CLASS, _SOP_INSTANCE, _MODALITY, _STUDY, _SERIES]
-
-
-class _Refusal(Exception):
-    """An instance the handler answers with a failure status (a peer's problem, not ours)."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
-@dataclass(frozen=True, slots=True)
-class _Header:
-    sop_class_uid: Uid
-    sop_instance_uid: SopInstanceUid
-    series_uid: SeriesUid
-    study_uid: StudyUid
-    modality: str
-
-
-def _raw_text(dataset: Dataset, tag: BaseTag) -> str | None:
-    # The raw bytes, not pydicom's converted value: a hostile value must not
-    # trigger pydicom's validation warnings on the association thread.
-    if tag not in dataset:
-        return None
-    raw = dataset.get_item(tag)
-    value = getattr(raw, "value", None)
-    if isinstance(value, bytes):
-        return value.decode("ascii", errors="replace").strip("\x00 ")
-    return None if value is None else str(value).strip("\x00 ")
-
-
-def _read_header(stream: bytes, is_implicit_vr: bool, is_little_endian: bool) -> _Header:
-    """The few keys the handler needs, read from the encoded data set without decoding the rest."""
-    try:
-        dataset = read_dataset(
-            BytesIO(stream),
-            is_implicit_vr,
-            is_little_endian,
-            stop_when=lambda tag, _vr, _length: tag > _SERIES,
-            specific_tags=list(_HEADER_TAGS),
-        )
-        values = {tag: _raw_text(dataset, tag) for tag in _HEADER_TAGS}
-    except Exception as error:  # any parse failure of a peer's bytes means "cannot understand"
-        raise _Refusal(CANNOT_PARSE, f"data set cannot be parsed: {error}") from error
-    for tag in _HEADER_TAGS:
-        vr = getattr(dataset.get_item(tag), "VR", None) if tag in dataset else None
-        expected = "CS" if tag == _MODALITY else "UI"
-        if vr not in (None, expected, "UN"):  # None: implicit VR; UN: a sender that lost its dictionary
-            raise _Refusal(INVALID_HEADER, f"element {tag} is encoded with VR {vr}, not {expected}")
-    try:
-        modality = values[_MODALITY]
-        if not modality:
-            raise InputError("Modality is missing or empty")
-        return _Header(
-            sop_class_uid=require_uid(values[_SOP_CLASS], "SOPClassUID"),
-            sop_instance_uid=SopInstanceUid(require_uid(values[_SOP_INSTANCE], "SOPInstanceUID")),
-            series_uid=SeriesUid(require_uid(values[_SERIES], "SeriesInstanceUID")),
-            study_uid=StudyUid(require_uid(values[_STUDY], "StudyInstanceUID")),
-            modality=modality,
-        )
-    except InputError as error:
-        raise _Refusal(INVALID_HEADER, str(error)) from error
 
 
 class StorageScp:
@@ -151,15 +95,17 @@ class StorageScp:
     Parameters
     ----------
     node, security : NodeConfig, SecurityConfig
-        AE title, address, timeouts; the calling AE allow-list (empty: any),
-        TLS (see :mod:`ct2pet_node.net.tls`) and the instance size limit.
+        AE title, address, timeouts, what to do with other SOP classes; the
+        calling AE allow-list (empty: any), TLS (see
+        :mod:`ct2pet_node.net.tls`) and the instance size limit.
     spool, store : InstanceSpool, JobStore
         Where instances are written and recorded.
     on_stored : callable
         Called with each newly stored :class:`InstanceRecord` (the router's
         ``notify``); must not block. Not called for a re-sent instance.
-    max_associations : int
-        Concurrent associations accepted; more are rejected (transient).
+    max_associations : int or None
+        Overrides ``node.max_associations`` (associations at once; more are
+        rejected, transient). Per peer: ``security.max_associations_per_peer``.
     address : (host, port) or None
         Overrides ``node.host`` and ``node.port``; port 0 binds a free port
         (see :attr:`port`).
@@ -176,7 +122,7 @@ class StorageScp:
         store: JobStore,
         on_stored: Callable[[InstanceRecord], None],
         *,
-        max_associations: int = DEFAULT_MAX_ASSOCIATIONS,
+        max_associations: int | None = None,
         address: tuple[str, int] | None = None,
         tcp_nodelay: bool = True,
         clock: Callable[[], float] = time.time,
@@ -192,16 +138,26 @@ class StorageScp:
         self._max_instance_bytes = security.max_instance_mb * 1024 * 1024
         self._server: GuardedAssociationServer | None = None
         self._thread: threading.Thread | None = None
+        self._ignored: dict[str, int] = {}
+        self._ignored_lock = threading.Lock()
+        self._node = node
+        self._gate = AssociationGate(
+            AssociationLimits(max_associations or node.max_associations, security.max_associations_per_peer)
+        )
         self.ae_title = node.ae_title
         ae = AE(ae_title=node.ae_title)
         ae.require_called_aet = True
         ae.require_calling_aet = list(security.allowed_calling_ae_titles)
-        ae.maximum_associations = max_associations
+        # The gate (EVT_REQUESTED) is the limit; pynetdicom's own count includes threads still
+        # winding down after a rejection, so it only backstops a gate that failed.
+        ae.maximum_associations = 4 * self._gate.limits.max_associations + node.max_waiting_connections
         ae.maximum_pdu_size = MAX_PDU_BYTES
         ae.network_timeout = node.network_timeout_seconds
-        ae.acse_timeout = node.network_timeout_seconds
+        # An acceptor's ACSE timeout is its ARTIM timer: how long it waits for the
+        # peer to close after a rejection or release (the request itself is read already).
+        ae.acse_timeout = node.association_request_timeout_seconds
         ae.dimse_timeout = node.network_timeout_seconds
-        for sop_class in CT_STORAGE_SOP_CLASSES:
+        for sop_class in storage_sop_classes(node.other_sop_classes):
             ae.add_supported_context(sop_class, list(ACCEPTED_TRANSFER_SYNTAXES))
         ae.add_supported_context(VERIFICATION_SOP_CLASS, list(UNCOMPRESSED_TRANSFER_SYNTAXES))
         self._ae = ae
@@ -213,15 +169,35 @@ class StorageScp:
             raise StorageError("the storage SCP is not started; call start() first")
         return int(self._server.server_address[1])
 
+    def ignored_counts(self) -> dict[str, int]:
+        """Instances acknowledged and dropped since start (not CT), by SOP class keyword (its UID if none)."""
+        with self._ignored_lock:
+            return dict(self._ignored)
+
+    def listener_status(self) -> dict[str, Any]:
+        """What ``status`` and ``/metrics`` show of the listener; counts since start, no patient data."""
+        server = self._server
+        room = server.waiting_room if server is not None else None
+        return {
+            "connections_waiting": room.waiting if room is not None else 0,
+            "max_waiting_connections": self._node.max_waiting_connections,
+            "associations_active": self._gate.limits.active(),
+            "max_associations": self._gate.limits.max_associations,
+            "associations_rejected": self._gate.rejected(),
+            "connections_dropped": room.dropped() if room is not None else {},
+            "instances_ignored": self.ignored_counts(),
+        }
+
     def start(self, blocking: bool = False) -> None:
         """Bind and serve; with ``blocking`` serve on this thread until :meth:`stop`."""
         handlers: list[Any] = [
             (evt.EVT_C_STORE, self._handle_store),
             (evt.EVT_C_ECHO, self._handle_echo),
+            (evt.EVT_REQUESTED, self._gate.on_requested),
             (evt.EVT_ACCEPTED, self._handle_accepted),
-            (evt.EVT_REJECTED, self._handle_rejected),
+            (evt.EVT_REJECTED, self._gate.on_rejected),
             (evt.EVT_ABORTED, self._handle_aborted),
-            (evt.EVT_PDU_RECV, pdu_guard(self._max_instance_bytes)),
+            (evt.EVT_PDU_RECV, pdu_guard(self._max_instance_bytes, CT_STORAGE_SOP_CLASSES)),
         ]
         self._spool.sweep_partial_files()  # a crash mid-write left them; never acknowledged
         try:
@@ -241,6 +217,8 @@ class StorageScp:
             ) from error
         server.io_timeout_seconds = self._io_timeout
         server.tcp_nodelay = self._tcp_nodelay
+        server.request_timeout_seconds = self._node.association_request_timeout_seconds
+        server.max_waiting_connections = self._node.max_waiting_connections
         self._server = server
         self._ae._servers.append(server)  # so AE.shutdown() and active_associations see it
         log.info(
@@ -300,6 +278,8 @@ class StorageScp:
         context = event.context
         syntax = UID(context.transfer_syntax)
         request = cast(C_STORE, event.request)
+        if context.abstract_syntax not in CT_STORAGE_SOP_CLASSES:
+            return self._drop_instance(event, syntax)
         if isinstance(request.DataSet, OversizedDataSet):
             log.warning(
                 "instance_refused",
@@ -311,19 +291,19 @@ class StorageScp:
             return INSTANCE_TOO_LARGE
         stream = event.encoded_dataset(include_meta=False)
         try:
-            header = _read_header(stream, syntax.is_implicit_VR, syntax.is_little_endian)
+            header = read_header(stream, syntax.is_implicit_VR, syntax.is_little_endian)
             if header.sop_instance_uid != str(request.AffectedSOPInstanceUID):
-                raise _Refusal(
+                raise Refusal(
                     SOP_INSTANCE_MISMATCH,
                     f"data set SOPInstanceUID {header.sop_instance_uid} differs from the request's "
                     f"{request.AffectedSOPInstanceUID}",
                 )
             if str(header.sop_class_uid) != str(context.abstract_syntax):
-                raise _Refusal(
+                raise Refusal(
                     SOP_CLASS_MISMATCH,
                     f"data set SOPClassUID {header.sop_class_uid} differs from {context.abstract_syntax}",
                 )
-        except _Refusal as refusal:
+        except Refusal as refusal:
             log.warning("instance_refused", status=f"0x{refusal.status:04X}", reason=refusal.reason)
             return refusal.status
         if self._store.has_instance(header.sop_instance_uid):
@@ -369,6 +349,29 @@ class StorageScp:
             log.exception("notify_failed", sop_instance_uid=record.sop_instance_uid)
         return SUCCESS
 
+    def _drop_instance(self, event: Event, syntax: UID) -> int:
+        """Acknowledge an instance the node does not translate, keeping nothing of it.
+
+        Success, not a failure status: a PACS forwarding a whole study counts
+        one failed instance as a failed job, and the CT would be retried
+        with it. The pdu guard has already thrown away all but its first
+        bytes (:class:`~ct2pet_node.net.guards.IgnoredDataSet`).
+        """
+        sop_class = UID(str(event.context.abstract_syntax))
+        name = sop_class.keyword or str(sop_class)  # four recent SR classes have no keyword in pydicom
+        head = event.encoded_dataset(include_meta=False)
+        with self._ignored_lock:
+            self._ignored[name] = self._ignored.get(name, 0) + 1
+        log.info(
+            "instance_ignored",
+            sop_class_uid=str(sop_class),
+            sop_class=name,
+            series_uid=series_uid_of(head, syntax.is_implicit_VR, syntax.is_little_endian),
+            calling_ae=event.assoc.requestor.ae_title,
+            reason="not CT: the node translates CT Image Storage and Enhanced CT Image Storage only",
+        )
+        return SUCCESS
+
     def _handle_echo(self, event: Event) -> int:
         log.info("echo_received", calling_ae=event.assoc.requestor.ae_title)
         return SUCCESS
@@ -381,14 +384,6 @@ class StorageScp:
             peer=requestor.address,
             assoc_id=event.assoc.native_id,
             contexts=len(event.assoc.accepted_contexts),
-        )
-
-    def _handle_rejected(self, event: Event) -> None:
-        requestor = event.assoc.requestor
-        log.warning(
-            "association_rejected",
-            calling_ae=requestor.ae_title,
-            peer=requestor.address,
         )
 
     def _handle_aborted(self, event: Event) -> None:

@@ -24,9 +24,9 @@ and a ``read_from`` in the composition root.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from typing import Literal
+from typing import Any, Literal
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -128,6 +128,45 @@ class NodeMetrics:
         self.queue_depth = ReadAtScrape("ct2pet_queue_depth", "Items waiting, by queue.", "queue")
         registry.register(self.jobs)
         registry.register(self.queue_depth)
+        # The DICOM listener keeps its own counts (net/ has no metrics); read at scrape time.
+        self.instances_ignored = ReadAtScrape(
+            "ct2pet_instances_ignored",
+            "Instances of SOP classes the node does not translate, acknowledged and dropped, by SOP class.",
+            "sop_class",
+            kind="counter",
+        )
+        self.associations_rejected = ReadAtScrape(
+            "ct2pet_associations_rejected",
+            "DICOM association requests rejected, by reason.",
+            "reason",
+            "counter",
+        )
+        self.connections_dropped = ReadAtScrape(
+            "ct2pet_connections_dropped",
+            "DICOM connections closed before their association request, by reason.",
+            "reason",
+            "counter",
+        )
+        for family in (self.instances_ignored, self.associations_rejected, self.connections_dropped):
+            registry.register(family)
+        self.associations_active = Gauge(
+            "ct2pet_associations_active",
+            "DICOM associations holding a slot (requested and not ended).",
+            registry=registry,
+        )
+        self.connections_waiting = Gauge(
+            "ct2pet_connections_waiting",
+            "DICOM connections that have not yet sent an association request.",
+            registry=registry,
+        )
+
+    def read_from_listener(self, status: Callable[[], Mapping[str, Any]]) -> None:
+        """Take the listener's series from ``StorageScp.listener_status`` (what ``status`` shows)."""
+        self.instances_ignored.read_from(lambda: status()["instances_ignored"])
+        self.associations_rejected.read_from(lambda: status()["associations_rejected"])
+        self.connections_dropped.read_from(lambda: status()["connections_dropped"])
+        self.associations_active.set_function(lambda: float(status()["associations_active"]))
+        self.connections_waiting.set_function(lambda: float(status()["connections_waiting"]))
 
     # Events --------------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ fields, as an older node would send.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -102,6 +102,9 @@ class StatusReport:
     destinations: tuple[DestinationStatus, ...]
     dead_letters: tuple[DeadLetter, ...]
     last_errors: tuple[LoggedProblem, ...]
+    # The DICOM listener's own counts (StorageScp.listener_status): slots, waiting connections,
+    # rejections by reason, instances ignored by SOP class.
+    listener: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The ``/status`` JSON."""
@@ -122,6 +125,7 @@ class StatusReport:
             "destinations": [dataclasses.asdict(destination) for destination in self.destinations],
             "dead_letters": [dataclasses.asdict(dead) for dead in self.dead_letters],
             "last_errors": [problem.to_json() for problem in self.last_errors],
+            "listener": dict(self.listener),
         }
 
     @classmethod
@@ -153,6 +157,7 @@ class StatusReport:
             destinations=tuple(_known(DestinationStatus, entry) for entry in data.get("destinations") or ()),
             dead_letters=tuple(_known(DeadLetter, entry) for entry in data.get("dead_letters") or ()),
             last_errors=tuple(LoggedProblem.from_json(entry) for entry in data.get("last_errors") or ()),
+            listener=dict(data.get("listener") or {}),
         )
 
 
@@ -173,6 +178,7 @@ class StatusSources:
     errors: RecentErrors
     started_at: float
     pid: int
+    listener: Callable[[], Mapping[str, Any]] | None = None
 
 
 def build_status(sources: StatusSources, now: float) -> StatusReport:
@@ -209,6 +215,7 @@ def build_status(sources: StatusSources, now: float) -> StatusReport:
             for entry in sources.outbox.dead_letters()
         ),
         last_errors=sources.errors.snapshot(),
+        listener=sources.listener() if sources.listener is not None else {},
     )
 
 

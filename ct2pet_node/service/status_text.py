@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
 from ct2pet_node.service.status import StatusReport
 
@@ -18,6 +19,10 @@ def _ago(timestamp: float | None, now: float) -> str:
     return f"{seconds / 3600:.1f} h ago"
 
 
+def _counts(title: str, counts: Mapping[str, int]) -> str:
+    return f"{title} " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) if counts else ""
+
+
 def render_status(report: StatusReport, now: float | None = None) -> str:
     """Lines of text from a status report."""
     now = time.time() if now is None else now
@@ -29,6 +34,22 @@ def render_status(report: StatusReport, now: float | None = None) -> str:
         "jobs       " + ", ".join(f"{state} {count}" for state, count in report.jobs),
         f"queues     engine {report.queues.engine}, outbox_due {report.queues.outbox_due}",
     ]
+    listener = report.listener
+    if "associations_active" in listener:
+        lines.append(
+            f"listener   associations {listener['associations_active']}/{listener.get('max_associations')}, "
+            f"waiting connections {listener.get('connections_waiting', 0)}"
+            f"/{listener.get('max_waiting_connections')}"
+            + _counts("; rejected", listener.get("associations_rejected", {}))
+            + _counts("; dropped", listener.get("connections_dropped", {}))
+        )
+    ignored = listener.get("instances_ignored", {})
+    if ignored:
+        lines.append(
+            "ignored    "
+            + ", ".join(f"{name} {count}" for name, count in sorted(ignored.items()))
+            + " (not CT: acknowledged, not kept)"
+        )
     if report.current_job is not None:
         lines.append(f"processing job {report.current_job}")
     oldest = report.oldest_waiting

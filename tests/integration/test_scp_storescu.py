@@ -238,12 +238,30 @@ def test_resent_series_is_stored_once(storescu: str, node: Node, ct_subset: list
     assert job.n_instances == COMPRESSED_SUBSET
 
 
-def test_pet_is_refused_at_negotiation(storescu: str, node: Node, sample_dir: Path) -> None:
-    pet = sorted((sample_dir / "PT").glob("*.dcm"))[:1]
-    result = send(storescu, node.scp.port, pet)
-    assert result.returncode != 0
-    assert "presentation context" in (result.stdout + result.stderr).lower()
-    assert node.spooled() == []
+def test_pet_is_acknowledged_and_dropped(storescu: str, node: Node, sample_dir: Path) -> None:
+    pet = sorted((sample_dir / "PT").glob("*.dcm"))[:2]
+    result = send(storescu, node.scp.port, pet, options=["-v"])
+    assert result.returncode == 0, result.stderr
+    assert (result.stdout + result.stderr).count("Received Store Response (Success)") == 2
+    assert node.spooled() == [] and node.store.list_jobs() == []
+    assert node.scp.ignored_counts() == {"PositronEmissionTomographyImageStorage": 2}
+
+
+def test_pet_is_refused_at_negotiation_when_configured(
+    storescu: str, tmp_path: Path, sample_dir: Path
+) -> None:
+    config = node_config(tmp_path / "data")
+    refusing = Node(
+        dataclasses.replace(config, node=dataclasses.replace(config.node, other_sop_classes="refuse"))
+    )
+    try:
+        pet = sorted((sample_dir / "PT").glob("*.dcm"))[:1]
+        result = send(storescu, refusing.scp.port, pet)
+        assert result.returncode != 0
+        assert "presentation context" in (result.stdout + result.stderr).lower()
+        assert refusing.spooled() == []
+    finally:
+        refusing.stop()
 
 
 def test_wrong_called_ae_title_is_rejected(storescu: str, node: Node, ct_subset: list[Path]) -> None:

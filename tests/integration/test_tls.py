@@ -6,6 +6,7 @@ certificate from the same CA and one from a rogue CA.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import ipaddress
 import os
@@ -24,6 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from ctfactory import make_ct_series
+from flood import STALLED_CLIENT_HELLO, EchoProbe, IdleConnections
 from fuzz.harness import RunningScp, node_config
 from peers import DCMTK_ENV, dcmtk_tool
 
@@ -223,6 +225,46 @@ def test_a_silent_client_does_not_block_the_tls_listener(
         echoed = _dcmtk(tools["echoscu"], tls_node.port, *_client_tls(pki, pki.client_cert, pki.client_key))
         assert echoed.startswith("rc=0"), echoed
         assert time.monotonic() - started < 4.0  # well inside the node's 5 s network timeout
+
+
+def test_idle_connections_and_stalled_handshakes_do_not_block_tls_clients(
+    tmp_path: Path, tools: dict[str, str], pki: Pki
+) -> None:
+    config = node_config(
+        tmp_path / "data",
+        timeout=2.0,
+        tls_certificate=pki.server_cert,
+        tls_private_key=pki.server_key,
+        tls_ca_certificates=pki.ca,
+        require_client_certificate=True,
+    )
+    node = RunningScp(
+        dataclasses.replace(
+            config, node=dataclasses.replace(config.node, association_request_timeout_seconds=1.0)
+        )
+    )
+    client = _client_tls(pki, pki.client_cert, pki.client_key)
+    python_client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=pki.ca)
+    python_client.load_cert_chain(pki.client_cert, pki.client_key)
+    files = tuple(make_ct_series(tmp_path / "ct", n=41, rows=32, cols=32))
+    try:
+        with (
+            IdleConnections(node.port, 30) as idle,
+            IdleConnections(node.port, 30, first_bytes=STALLED_CLIENT_HELLO) as stalled,
+            EchoProbe(lambda: node.echo(tls=python_client), interval=0.3) as probe,
+        ):
+            time.sleep(3.5)  # past the 2 s network timeout: every one closed and re-opened
+            echoed = _dcmtk(tools["echoscu"], node.port, *client)
+            stored = _dcmtk(tools["storescu"], node.port, *client, files=files)
+        assert echoed.startswith("rc=0"), echoed
+        assert stored.startswith("rc=0"), stored
+        assert stored.count("Received Store Response (Success)") == 41
+        assert len(node.spooled()) == 41
+        assert probe.tried >= 8 and probe.succeeded == probe.tried, probe.results
+        assert idle.reopened >= 30 and stalled.reopened >= 30
+        assert node.scp.listener_status()["connections_dropped"]["request_timeout"] >= 60
+    finally:
+        node.stop()
 
 
 def test_optional_client_certificate_lets_anonymous_tls_in(

@@ -81,6 +81,7 @@ STATUS_FIELDS = {
     "destinations",
     "dead_letters",
     "last_errors",
+    "listener",
 }
 
 
@@ -167,3 +168,25 @@ def test_engine_fast_path_keys_reach_the_loaded_pipeline(tiny_weights: Path, tmp
     # eta left open in the config is the model's own, from its manifest (the tiny release's is 0).
     manifest = json.loads((tiny_weights / "manifest.json").read_text())
     assert pipeline.default_eta == manifest["architecture"]["bridge"]["eta"] == 0.0
+
+
+def test_the_listener_counts_reach_status_and_metrics(server: Server) -> None:
+    scp, metrics = server.components.scp, server.components.metrics
+    scp._ignored["PositronEmissionTomographyImageStorage"] = 3  # what three dropped PET slices leave
+    scp._gate._count("max_associations_per_peer")
+    server.start()
+    host, port = server.components.admin.address
+    listener = fetch_status(host, port, "")["listener"]
+    assert listener["instances_ignored"] == {"PositronEmissionTomographyImageStorage": 3}
+    assert listener["associations_rejected"] == {"max_associations_per_peer": 1}
+    assert (listener["associations_active"], listener["max_associations"]) == (0, 10)
+    assert (listener["connections_waiting"], listener["max_waiting_connections"]) == (0, 64)
+    text = metrics.render().decode()
+    for line in (
+        'ct2pet_instances_ignored_total{sop_class="PositronEmissionTomographyImageStorage"} 3.0',
+        'ct2pet_associations_rejected_total{reason="max_associations_per_peer"} 1.0',
+        "ct2pet_associations_active 0.0",
+        "ct2pet_connections_waiting 0.0",
+        "# TYPE ct2pet_connections_dropped_total counter",
+    ):
+        assert line in text

@@ -84,3 +84,37 @@ def test_missing_and_malformed_files_name_the_file(tmp_path: Path) -> None:
 def test_cuda_only_precisions_on_cpu_are_refused(tmp_path: Path, precision: str) -> None:
     with pytest.raises(ConfigError, match="needs CUDA"):
         load_config(write(tmp_path, f'[engine]\ndevice = "cpu"\nprecision = "{precision}"\n'))
+
+
+def test_other_sop_classes_are_accepted_by_default_and_may_be_refused(tmp_path: Path) -> None:
+    assert load_config().node.other_sop_classes == "accept"
+    assert (
+        load_config(write(tmp_path, '[node]\nother_sop_classes = "refuse"\n')).node.other_sop_classes
+        == "refuse"
+    )
+    with pytest.raises(ConfigError, match=r'\[node\] other_sop_classes: .* "accept" .* or "refuse"'):
+        load_config(write(tmp_path, '[node]\nother_sop_classes = "drop"\n'))
+
+
+def test_listener_limits_have_defaults_and_are_checked(tmp_path: Path) -> None:
+    config = load_config()
+    assert (config.node.max_associations, config.node.max_waiting_connections) == (10, 64)
+    assert config.node.association_request_timeout_seconds == 5.0
+    assert config.security.max_associations_per_peer == 8
+    with pytest.raises(ConfigError) as caught:
+        load_config(
+            write(
+                tmp_path,
+                "[node]\nmax_associations = 0\nassociation_request_timeout_seconds = 0\n"
+                "max_waiting_connections = -1\n[security]\nmax_associations_per_peer = 0\n",
+            )
+        )
+    text = "\n".join(caught.value.problems)
+    for key in (
+        "[node] max_associations",
+        "[node] association_request_timeout_seconds",
+        "[node] max_waiting_connections",
+        "[security] max_associations_per_peer",
+    ):
+        assert key in text
+    assert len(caught.value.problems) == 4

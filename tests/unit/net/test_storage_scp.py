@@ -15,8 +15,13 @@ import structlog
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
-from pynetdicom import AE, _config
-from pynetdicom.sop_class import MRImageStorage, PositronEmissionTomographyImageStorage, Verification
+from pynetdicom import AE, AllStoragePresentationContexts, _config
+from pynetdicom.sop_class import (
+    BasicTextSRStorage,
+    MRImageStorage,
+    PositronEmissionTomographyImageStorage,
+    Verification,
+)
 from structlog.testing import capture_logs
 
 from ct2pet_node.config import Config, load_config
@@ -34,6 +39,7 @@ from ct2pet_node.spool.jobstore import JobStore
 
 STUDY = "1.2.826.0.1.3680043.10.2"
 SERIES = "1.2.826.0.1.3680043.10.2.1"
+OTHER_SERIES = "1.2.826.0.1.3680043.10.2.2"
 
 
 def ct_dataset(index: int, fill: int | None = None) -> Dataset:
@@ -86,18 +92,25 @@ def raw_instance(path: Path, meta_sop: str, body_sop: str, tail: bytes = b"") ->
     return path
 
 
-def config_for(data_dir: Path, allowed: tuple[str, ...] = (), min_free_mb: int = 0) -> Config:
+def config_for(data_dir: Path, allowed: tuple[str, ...] = (), min_free_mb: int = 0, **node: object) -> Config:
     config = load_config()
-    node = dataclasses.replace(
-        config.node, data_dir=data_dir, host="127.0.0.1", min_free_mb=min_free_mb, network_timeout_seconds=5
+    node_config = dataclasses.replace(
+        config.node,
+        data_dir=data_dir,
+        host="127.0.0.1",
+        min_free_mb=min_free_mb,
+        network_timeout_seconds=5,
+        **node,  # type: ignore[arg-type]
     )
     security = dataclasses.replace(config.security, allowed_calling_ae_titles=allowed)
-    return dataclasses.replace(config, node=node, security=security)
+    return dataclasses.replace(config, node=node_config, security=security)
 
 
 class Harness:
-    def __init__(self, data_dir: Path, allowed: tuple[str, ...] = (), min_free_mb: int = 0) -> None:
-        self.config = config_for(data_dir, allowed, min_free_mb)
+    def __init__(
+        self, data_dir: Path, allowed: tuple[str, ...] = (), min_free_mb: int = 0, **node: object
+    ) -> None:
+        self.config = config_for(data_dir, allowed, min_free_mb, **node)
         self.spool = InstanceSpool(data_dir, self.config.node.min_free_mb)
         self.store = JobStore.open(data_dir)
         self.stored: list[InstanceRecord] = []
@@ -265,14 +278,94 @@ def test_a_failing_notification_still_answers_success(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("sop_class", [MRImageStorage, PositronEmissionTomographyImageStorage])
-def test_other_sop_classes_are_refused_at_negotiation(harness: Harness, sop_class: str) -> None:
-    assoc = harness.associate(contexts=(sop_class,))
+def test_other_sop_classes_are_refused_at_negotiation_when_configured(tmp_path: Path, sop_class: str) -> None:
+    harness = Harness(tmp_path / "data", other_sop_classes="refuse")
+    assoc = harness.associate(contexts=(sop_class, CTImageStorage))
     try:
-        assert assoc.accepted_contexts == []
+        assert [c.abstract_syntax for c in assoc.accepted_contexts] == [CTImageStorage]
         assert [c.abstract_syntax for c in assoc.rejected_contexts] == [sop_class]
     finally:
         if assoc.is_established:
             assoc.release()
+        harness.close()
+
+
+def other_dataset(sop_class: str, modality: str, index: int) -> Dataset:
+    """A small non-CT instance of ``sop_class`` with patient data (which must never reach the log)."""
+    ds = ct_dataset(index)
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = f"{OTHER_SERIES}.{index}"
+    ds.SeriesInstanceUID = OTHER_SERIES
+    ds.Modality = modality
+    ds.PatientName = "SECRET^PATIENT"
+    ds.PatientID = "SECRET-ID-42"
+    return ds
+
+
+def test_other_sop_classes_are_acknowledged_counted_and_dropped(harness: Harness) -> None:
+    pet = [other_dataset(PositronEmissionTomographyImageStorage, "PT", i) for i in range(3)]
+    report = other_dataset(BasicTextSRStorage, "SR", 9)
+    del report.PixelData
+    ae = AE(ae_title="SCANNER")
+    for context in (PositronEmissionTomographyImageStorage, BasicTextSRStorage, CTImageStorage):
+        ae.add_requested_context(context, [ExplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", harness.scp.port, ae_title=harness.config.node.ae_title)
+    assert len(assoc.accepted_contexts) == 3
+    with capture_logs() as logs:
+        statuses = [int(assoc.send_c_store(ds).Status) for ds in [*pet, report, ct_dataset(1)]]
+    assoc.release()
+    assert statuses == [SUCCESS] * 5
+    assert [p.name for p in spooled_files(harness.config.node.data_dir)] == [f"{SERIES}.1.dcm"]
+    assert [job.series_uid for job in harness.store.list_jobs()] == [SERIES]
+    assert harness.scp.ignored_counts() == {
+        "PositronEmissionTomographyImageStorage": 3,
+        "BasicTextSRStorage": 1,
+    }
+    ignored = [entry for entry in logs if entry["event"] == "instance_ignored"]
+    assert len(ignored) == 4
+    assert ignored[0]["sop_class"] == "PositronEmissionTomographyImageStorage"
+    assert ignored[0]["series_uid"] == OTHER_SERIES and ignored[0]["calling_ae"] == "SCANNER"
+    assert "SECRET" not in repr(logs)
+
+
+def test_a_dropped_instance_is_not_held_in_memory_whatever_its_size(tmp_path: Path) -> None:
+    harness = Harness(tmp_path / "data")
+    harness.scp._max_instance_bytes = 1024 * 1024  # what max_instance_mb = 1 sets
+    try:
+        big = other_dataset(PositronEmissionTomographyImageStorage, "PT", 1)
+        big.Rows = big.Columns = 1024
+        big.PixelData = np.zeros((1024, 1024), dtype=np.int16).tobytes()  # 2 MiB
+        ae = AE(ae_title="SCANNER")
+        ae.add_requested_context(PositronEmissionTomographyImageStorage, [ExplicitVRLittleEndian])
+        ae.maximum_pdu_size = 16_384  # many PDUs, so the guard sees the data set arrive
+        assoc = ae.associate("127.0.0.1", harness.scp.port, ae_title=harness.config.node.ae_title)
+        with capture_logs() as logs:
+            assert int(assoc.send_c_store(big).Status) == SUCCESS
+        assoc.release()
+        assert spooled_files(harness.config.node.data_dir) == []
+        (event,) = [entry for entry in logs if entry["event"] == "instance_ignored"]
+        assert event["series_uid"] == OTHER_SERIES  # read from the bytes kept
+    finally:
+        harness.close()
+
+
+def test_a_sender_proposing_128_contexts_is_accepted(harness: Harness) -> None:
+    """DICOM's (and pynetdicom's) limit per association: a whole study's SOP classes and syntaxes."""
+    ae = AE(ae_title="SCANNER")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    others = [
+        c.abstract_syntax for c in AllStoragePresentationContexts if c.abstract_syntax != CTImageStorage
+    ]
+    for sop_class in [CTImageStorage, *others[:127]]:
+        ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    assert len(ae.requested_contexts) == 128
+    assoc = ae.associate("127.0.0.1", harness.scp.port, ae_title=harness.config.node.ae_title)
+    assert assoc.is_established
+    try:
+        assert len(assoc.accepted_contexts) == 128
+        assert int(assoc.send_c_store(ct_dataset(1)).Status) == SUCCESS
+    finally:
+        assoc.release()
 
 
 def test_only_decodable_transfer_syntaxes_are_accepted(harness: Harness) -> None:

@@ -114,10 +114,11 @@ def test_the_json_keeps_its_field_names_and_reads_back(sources: StatusSources) -
         "destinations",
         "dead_letters",
         "last_errors",
+        "listener",
     ]
     assert set(encoded["model"]) == {"id", "output_units", "device", "steps", "eta"}
     assert encoded["queues"] == {"engine": 0, "outbox_due": 0}
     assert set(encoded["oldest_waiting"]) == {"id", "series_uid", "since"}
     assert StatusReport.from_json(encoded) == report
     # What a newer node may add is ignored rather than refused.
-    assert StatusReport.from_json({**encoded, "listener": {}}) == report
+    assert StatusReport.from_json({**encoded, "dashboard": {}}) == report

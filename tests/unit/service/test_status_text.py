@@ -65,3 +65,27 @@ def test_an_idle_node_without_destinations_says_where_results_stay() -> None:
     assert "processing job" not in text and "oldest waiting" not in text
     assert "destinations: none configured (results stay in data_dir)" in text
     assert "last errors" not in text
+
+
+def test_instances_ignored_by_sop_class_are_shown_only_when_there_are_some() -> None:
+    listener = {"instances_ignored": {"PositronEmissionTomographyImageStorage": 12, "BasicTextSRStorage": 1}}
+    text = render_status(_report(listener=listener), now=NOW)
+    assert "ignored    BasicTextSRStorage 1, PositronEmissionTomographyImageStorage 12" in text
+    assert "ignored " not in render_status(_report(listener={"instances_ignored": {}}), now=NOW)
+
+
+def test_the_listener_line_shows_slots_waiting_connections_and_why_some_were_turned_away() -> None:
+    listener = {
+        "associations_active": 2,
+        "max_associations": 10,
+        "connections_waiting": 3,
+        "max_waiting_connections": 64,
+        "associations_rejected": {"max_associations_per_peer": 4},
+        "connections_dropped": {"request_timeout": 7, "evicted": 1},
+        "instances_ignored": {},
+    }
+    text = render_status(_report(listener=listener), now=NOW)
+    assert (
+        "listener   associations 2/10, waiting connections 3/64; rejected max_associations_per_peer 4; "
+        "dropped evicted 1, request_timeout 7"
+    ) in text
