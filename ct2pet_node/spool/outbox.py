@@ -121,7 +121,7 @@ class Outbox:
         self.path = path
         try:
             ensure_private_dir(path.parent)
-        except OSError as error:
+        except (OSError, StorageError) as error:
             raise StorageError(
                 f"outbox {path} cannot be created ({error}); check that the data directory is writable"
             ) from error

@@ -19,6 +19,7 @@ from ctfactory import make_ct_series
 
 from ct2pet_node.dicom.resample import pet_on_grid
 from ct2pet_node.dicom.writer import SynthesisInfo, write_pet_series
+from ct2pet_node.domain.model_grid import ModelFrame, plan_model_grid
 from ct2pet_node.domain.volume import CtVolume, PetUnits, PetVolume, SourceSlice
 
 pytestmark = [
@@ -64,8 +65,12 @@ def ct_volume(paths: list[Path]) -> CtVolume:
 
 
 def write_one(ct: CtVolume, header: Path, kind: str, units: PetUnits, grid: str, out: Path) -> Path:
-    values = np.random.default_rng(0).random(ct.hu.shape).astype(np.float32) * 8.0
-    pet = pet_on_grid(PetVolume(values, ct.affine.copy(), units, ct), grid, 8)
+    # The engine's output: an 8 x 8 model grid over the CT's field of view.
+    rows, columns = ct.hu.shape[1:]
+    frame = ModelFrame(8, columns * ct.spacing[0] / 8)
+    mapping = plan_model_grid(ct.affine, (rows, columns), frame)
+    values = np.random.default_rng(0).random((ct.hu.shape[0], 8, 8)).astype(np.float32) * 8.0
+    pet = pet_on_grid(PetVolume(values, mapping.model_affine, units, ct), grid)
     info = SynthesisInfo("cpdm-test", "test weights 1", 25, 7, 1.0, "0.1.0", units)
     return write_pet_series(pet, kind, info, header, out, now=datetime.datetime(2025, 1, 2, 3, 4, 5))[1]
 
