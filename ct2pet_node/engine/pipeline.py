@@ -389,11 +389,7 @@ class Pipeline:
         numpy.ndarray
             float32 PET in ``self.output_units``.
         """
-        hu = np.asarray(region_hu)
-        if hu.ndim != 3 or hu.shape[0] == 0:
-            raise EngineError(
-                f"CT array of shape {hu.shape} is not (N, H, W) slices; pass a (z, y, x) volume"
-            )
+        hu = _slices(region_hu)
         run = Translation(
             pipe=self,
             ct01=self.manifest.ct_scaling.to_ct01(hu),
@@ -456,11 +452,7 @@ class Pipeline:
         numpy.ndarray
             (N, H, W) float32 PET in ``self.output_units``.
         """
-        hu = np.asarray(hu)
-        if hu.ndim != 3 or hu.shape[0] == 0:
-            raise EngineError(
-                f"CT array of shape {hu.shape} is not (N, H, W) slices; pass a (z, y, x) volume"
-            )
+        hu = _slices(hu)
         options = {"kvp": kvp, "steps": steps, "eta": eta, "seed": seed, "progress": progress}
         if pixel_spacing is None:
             return self.translate_region(
@@ -474,6 +466,14 @@ class Pipeline:
             **options,
         )
         return mapping.from_region(on_region)
+
+
+def _slices(hu: np.ndarray) -> np.ndarray:
+    """``hu`` as an array of (N, H, W) slices, or a clear refusal."""
+    array = np.asarray(hu)
+    if array.ndim != 3 or array.shape[0] == 0:
+        raise EngineError(f"CT array of shape {array.shape} is not (N, H, W) slices; pass a (z, y, x) volume")
+    return array
 
 
 def load_pipeline(
