@@ -244,6 +244,9 @@ class Span:
     def take(self, array: np.ndarray, axis: int, fill: float) -> np.ndarray:
         """The region along ``axis``: CT pixels, with ``fill`` where it reaches past the CT."""
         size = array.shape[axis]
+        if self.before == 0 and self.length == size:
+            # The usual case (a CT at the model's field of view): no copy of the whole volume.
+            return array
         start, stop = -self.before, -self.before + self.length
         kept = np.take(array, np.arange(max(start, 0), min(stop, size)), axis=axis)
         pad = [(0, 0)] * array.ndim
