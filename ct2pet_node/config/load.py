@@ -74,7 +74,15 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
     """Check a merged raw configuration and return it typed, or raise one ConfigError listing all problems."""
     check = Checker(raw)
     known = {
-        "node", "security", "routing", "engine", "output", "destinations", "delivery", "admin", "retention"
+        "node",
+        "security",
+        "routing",
+        "engine",
+        "output",
+        "destinations",
+        "delivery",
+        "admin",
+        "retention",
     }
     for key in sorted(set(raw) - known):
         check.problems.append(f"{key}: unknown table; known tables are {', '.join(sorted(known))}")

@@ -43,7 +43,9 @@ def _server(recorder: Recorder, exits: list[int] | None = None) -> Server:
     names += ("retention",)
     parts = {name: recorder.part(name) for name in names}
     parts["errors"] = RecentErrors()
-    return Server(load_config(), cast(Any, Components)(**parts), force_exit=([] if exits is None else exits).append)
+    return Server(
+        load_config(), cast(Any, Components)(**parts), force_exit=([] if exits is None else exits).append
+    )
 
 
 def test_start_recovers_then_starts_in_the_order_data_flows() -> None:
