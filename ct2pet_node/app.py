@@ -20,11 +20,12 @@ from ct2pet_node.service.metrics import NodeMetrics
 from ct2pet_node.service.queue import InProcessQueue
 from ct2pet_node.service.recent_errors import RecentErrors
 from ct2pet_node.service.recovery import settle_delivery
+from ct2pet_node.service.retention import Retention
 from ct2pet_node.service.router import Router
 from ct2pet_node.service.server import Components, Server
 from ct2pet_node.service.status import StatusReport, StatusSources, build_status
 from ct2pet_node.service.worker import EngineWorker, Translator
-from ct2pet_node.spool.atomic import ensure_private_dir
+from ct2pet_node.spool.atomic import ensure_private_dir, free_bytes
 from ct2pet_node.spool.jobstore import JobStore
 from ct2pet_node.spool.outbox import Outbox
 
@@ -91,6 +92,7 @@ def _components(
         lambda: {"engine": engine_queue.depth(), "outbox": len(outbox.due(time.time()))}
     )
     metrics.read_from_listener(scp.listener_status)
+    metrics.read_free_space(lambda: free_bytes(config.node.data_dir), config.node.min_free_mb * 1024 * 1024)
     errors = RecentErrors()
     sources = StatusSources(
         config,
@@ -109,7 +111,8 @@ def _components(
     admin = AdminServer(
         config.admin.listen_host, config.admin.listen_port, config.admin.token, status, metrics
     )
-    return Components(store, outbox, router, worker, sender, scp, admin, metrics, errors)
+    retention = Retention(config, store, outbox)
+    return Components(store, outbox, router, worker, sender, scp, admin, metrics, errors, retention)
 
 
 def load_translator(config: Config) -> Translator:

@@ -30,6 +30,7 @@ from ct2pet_node.config.model import (
     EngineConfig,
     NodeConfig,
     OutputConfig,
+    RetentionConfig,
     RoutingConfig,
     SecurityConfig,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "EngineConfig",
     "NodeConfig",
     "OutputConfig",
+    "RetentionConfig",
     "RoutingConfig",
     "SecurityConfig",
     "load_config",

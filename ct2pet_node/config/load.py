@@ -16,6 +16,7 @@ from ct2pet_node.config.checks import Checker
 from ct2pet_node.config.engine import parse_engine, parse_output
 from ct2pet_node.config.model import PROJECT_ROOT, Config
 from ct2pet_node.config.node import parse_admin, parse_node, parse_security
+from ct2pet_node.config.retention import check_warning_above_watermark, parse_retention
 from ct2pet_node.config.routing import parse_delivery, parse_destinations, parse_routing
 from ct2pet_node.errors import ConfigError
 
@@ -72,7 +73,17 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
     """Check a merged raw configuration and return it typed, or raise one ConfigError listing all problems."""
     check = Checker(raw)
-    known = {"node", "security", "routing", "engine", "output", "destinations", "delivery", "admin"}
+    known = {
+        "node",
+        "security",
+        "routing",
+        "engine",
+        "output",
+        "destinations",
+        "delivery",
+        "admin",
+        "retention",
+    }
     for key in sorted(set(raw) - known):
         check.problems.append(f"{key}: unknown table; known tables are {', '.join(sorted(known))}")
     config = Config(
@@ -85,7 +96,9 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
         admin=parse_admin(check),
         source=source,
         delivery=parse_delivery(check),
+        retention=parse_retention(check),
     )
+    check_warning_above_watermark(check, config.retention, config.node.min_free_mb)
     if check.problems:
         prefix = f"{source}: " if source else ""
         raise ConfigError([prefix + problem for problem in check.problems])

@@ -178,6 +178,28 @@ class DeliveryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    """``[retention]``: how long finished jobs' files stay, and when ``status`` warns of disk space.
+
+    Attributes
+    ----------
+    spool_days, results_days, refused_days : float or None
+        Days after the job finished (None: forever; 0: as soon as allowed).
+        See :mod:`ct2pet_node.routing.retention` for the rules.
+    interval_minutes : float
+        How often the running node applies them (and once at start).
+    warn_free_mb : int
+        ``status`` warns below this much free space in ``data_dir``, MiB.
+    """
+
+    spool_days: float | None = 7.0
+    results_days: float | None = 30.0
+    refused_days: float | None = 7.0
+    interval_minutes: float = 60.0
+    warn_free_mb: int = 10_240
+
+
+@dataclass(frozen=True, slots=True)
 class AdminConfig:
     listen_host: str
     listen_port: int
@@ -195,6 +217,7 @@ class Config:
     admin: AdminConfig
     source: Path | None
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
 
     def destination(self, name: str) -> Destination:
         for destination in self.destinations:

@@ -153,6 +153,10 @@ class JobDetails:
         Why the results were not sent (no destination configured, none took them).
     recovered_from : JobState
         Recovery: the state a crash or a stop left the job in.
+    spool_purged_at, results_purged_at : float
+        Retention: when the received CT / the results were removed, seconds since the epoch.
+    purged : str
+        Retention: which files were removed and when, as a person reads it.
     """
 
     completed_because: str | None = None
@@ -161,6 +165,9 @@ class JobDetails:
     geometry: str | None = None
     delivery: str | None = None
     recovered_from: JobState | None = None
+    spool_purged_at: float | None = None
+    results_purged_at: float | None = None
+    purged: str | None = None
 
     def to_json(self) -> dict[str, object]:
         """The set fields, JSON-ready."""
@@ -191,6 +198,9 @@ class JobDetails:
             geometry=_text(data.get("geometry")),
             delivery=_text(data.get("delivery")),
             recovered_from=None if recovered is None else JobState(recovered),
+            spool_purged_at=_number(data.get("spool_purged_at")),
+            results_purged_at=_number(data.get("results_purged_at")),
+            purged=_text(data.get("purged")),
         )
 
     def merged(self, newer: JobDetails) -> JobDetails:
@@ -203,6 +213,10 @@ _DETAIL_FIELDS = tuple(f.name for f in fields(JobDetails))
 
 def _text(value: object) -> str | None:
     return None if value is None else str(value)
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -160,6 +160,22 @@ class NodeMetrics:
             registry=registry,
         )
 
+        self.data_dir_free_bytes = Gauge(
+            "ct2pet_data_dir_free_bytes",
+            "Free bytes on the filesystem of data_dir, as the node's user may use them (read at scrape).",
+            registry=registry,
+        )
+        self.data_dir_min_free_bytes = Gauge(
+            "ct2pet_data_dir_min_free_bytes",
+            "The free-space watermark ([node] min_free_mb) in bytes: below it new CT is refused with 0xA700.",
+            registry=registry,
+        )
+
+    def read_free_space(self, free_bytes: Callable[[], float], min_free_bytes: float) -> None:
+        """Read data_dir's free bytes from ``free_bytes`` at each scrape; the watermark beside it."""
+        self.data_dir_free_bytes.set_function(free_bytes)
+        self.data_dir_min_free_bytes.set(min_free_bytes)
+
     def read_from_listener(self, status: Callable[[], Mapping[str, Any]]) -> None:
         """Take the listener's series from ``StorageScp.listener_status`` (what ``status`` shows)."""
         self.instances_ignored.read_from(lambda: status()["instances_ignored"])

@@ -6,13 +6,14 @@ As uvicorn splits ``Config`` from ``Server``: the frozen configuration
 :class:`Server` owns their lifecycle.
 
 Start: recover the jobs a crash or a stop left half-way, then the router,
-the engine worker, the sender, the admin endpoint, and the storage SCP last,
+the engine worker, the sender, retention (its first pass makes room on a
+full disk), the admin endpoint, and the storage SCP last,
 so nothing is accepted before there is somewhere for it to go.
 
 Stop (the reverse): stop accepting and let open associations finish, flush
 the router, let the engine finish or checkpoint the current job (asked
-first, so it checkpoints while associations drain), stop the sender, then
-the admin endpoint and the stores. A second SIGTERM or SIGINT forces exit;
+first, so it checkpoints while associations drain), stop the sender and
+retention, then the admin endpoint and the stores. A second SIGTERM or SIGINT forces exit;
 the journal replays on the next start.
 """
 
@@ -35,6 +36,7 @@ from ct2pet_node.service.admin import AdminServer
 from ct2pet_node.service.metrics import NodeMetrics
 from ct2pet_node.service.recent_errors import RecentErrors
 from ct2pet_node.service.recovery import recover_jobs
+from ct2pet_node.service.retention import Retention
 from ct2pet_node.service.router import Router
 from ct2pet_node.service.worker import EngineWorker
 from ct2pet_node.spool.jobstore import JobStore
@@ -52,6 +54,7 @@ SCP_DRAIN_SECONDS = 30.0
 ROUTER_STOP_SECONDS = 10.0
 ENGINE_STOP_SECONDS = 200.0
 SENDER_STOP_SECONDS = 30.0
+RETENTION_STOP_SECONDS = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +70,7 @@ class Components:
     admin: AdminServer
     metrics: NodeMetrics
     errors: RecentErrors
+    retention: Retention
 
 
 class Server:
@@ -97,6 +101,7 @@ class Server:
         parts.router.start()
         parts.worker.start()
         parts.sender.start()
+        parts.retention.start()  # a first pass now: a node restarted on a full disk makes room
         parts.admin.start()
         parts.scp.start()
         log.info(
@@ -123,6 +128,8 @@ class Server:
             log.warning("engine_stop_timed_out", job_id=parts.worker.current_job)
         if not parts.sender.stop(SENDER_STOP_SECONDS):
             log.warning("sender_stop_timed_out")
+        if not parts.retention.stop(RETENTION_STOP_SECONDS):
+            log.warning("retention_stop_timed_out")
         parts.admin.stop()
         parts.outbox.close()
         parts.store.close()

@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from ct2pet_node import __version__
 from ct2pet_node.domain.jobs import JobState
+from ct2pet_node.routing.retention import disk_warning
 from ct2pet_node.service.recent_errors import LoggedProblem
+from ct2pet_node.spool.atomic import free_megabytes
 
 if TYPE_CHECKING:  # `ct2pet-node status` reads reports without loading the node's parts
     from ct2pet_node.config import Config
@@ -76,6 +78,16 @@ class DeadLetter:
 
 
 @dataclass(frozen=True, slots=True)
+class DiskStatus:
+    """Free space of ``data_dir``, MiB, beside the watermark and the warning level; ``warning`` None: room enough."""
+
+    data_dir_free_mb: float
+    min_free_mb: int
+    warn_free_mb: int
+    warning: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class StatusReport:
     """The node's status at one moment.
 
@@ -105,6 +117,7 @@ class StatusReport:
     # The DICOM listener's own counts (StorageScp.listener_status): slots, waiting connections,
     # rejections by reason, instances ignored by SOP class.
     listener: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    disk: DiskStatus | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The ``/status`` JSON."""
@@ -126,6 +139,7 @@ class StatusReport:
             "dead_letters": [dataclasses.asdict(dead) for dead in self.dead_letters],
             "last_errors": [problem.to_json() for problem in self.last_errors],
             "listener": dict(self.listener),
+            "disk": None if self.disk is None else dataclasses.asdict(self.disk),
         }
 
     @classmethod
@@ -158,6 +172,7 @@ class StatusReport:
             dead_letters=tuple(_known(DeadLetter, entry) for entry in data.get("dead_letters") or ()),
             last_errors=tuple(LoggedProblem.from_json(entry) for entry in data.get("last_errors") or ()),
             listener=dict(data.get("listener") or {}),
+            disk=_known(DiskStatus, data["disk"]) if data.get("disk") else None,
         )
 
 
@@ -216,7 +231,14 @@ def build_status(sources: StatusSources, now: float) -> StatusReport:
         ),
         last_errors=sources.errors.snapshot(),
         listener=sources.listener() if sources.listener is not None else {},
+        disk=_disk(config),
     )
+
+
+def _disk(config: Config) -> DiskStatus:
+    free = free_megabytes(config.node.data_dir)
+    minimum, warn = config.node.min_free_mb, config.retention.warn_free_mb
+    return DiskStatus(round(free, 1), minimum, warn, disk_warning(free, minimum, warn))
 
 
 def _destinations(config: Config, outbox: Outbox) -> tuple[DestinationStatus, ...]:

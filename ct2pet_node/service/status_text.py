@@ -50,6 +50,14 @@ def render_status(report: StatusReport, now: float | None = None) -> str:
             + ", ".join(f"{name} {count}" for name, count in sorted(ignored.items()))
             + " (not CT: acknowledged, not kept)"
         )
+    disk = report.disk
+    if disk is not None:
+        lines.append(
+            f"disk       data_dir {disk.data_dir_free_mb:.0f} MiB free (warns below {disk.warn_free_mb}, "
+            f"refuses CT below {disk.min_free_mb})"
+        )
+        if disk.warning:
+            lines.append(f"WARNING    {disk.warning}")
     if report.current_job is not None:
         lines.append(f"processing job {report.current_job}")
     oldest = report.oldest_waiting

@@ -63,8 +63,13 @@ def ensure_private_dir(directory: Path) -> Path:
 
 def free_megabytes(directory: Path) -> float:
     """Free space available to this (unprivileged) user on ``directory``'s filesystem, MiB."""
+    return free_bytes(directory) / _MIB
+
+
+def free_bytes(directory: Path) -> int:
+    """Free space available to this (unprivileged) user on ``directory``'s filesystem, bytes."""
     stats = os.statvfs(directory)
-    return stats.f_bavail * stats.f_frsize / _MIB
+    return stats.f_bavail * stats.f_frsize
 
 
 def check_free_space(directory: Path, min_free_mb: int, incoming_bytes: int = 0) -> None:

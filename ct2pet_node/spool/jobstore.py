@@ -372,6 +372,44 @@ class JobStore:
             if cursor.rowcount == 0:
                 raise InputError(f"no job with id {job_id}; list jobs with `ct2pet-node jobs list`")
 
+    # Retention -----------------------------------------------------------------------------------
+
+    def add_details(self, job_id: int, details: JobDetails) -> None:
+        """Merge ``details`` into a finished job's without moving it: state and ``updated_at`` stay.
+
+        ``updated_at`` stays so retention keeps counting from when the job finished.
+        """
+        with self._transaction() as db:
+            row = db.execute("SELECT details FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise InputError(f"no job with id {job_id}; list jobs with `ct2pet-node jobs list`")
+            merged = {**json.loads(row["details"]), **details.to_json()}
+            db.execute("UPDATE jobs SET details = ? WHERE id = ?", (json.dumps(merged), job_id))
+
+    def forget_spooled_series(self, job_id: int, expected: JobState) -> list[Path] | None:
+        """Remove the spool files of job ``job_id``'s series and forget its instances; the removed paths.
+
+        Only while the job is still in ``expected`` and its series' latest job
+        (None otherwise, nothing touched). Done under the store's write lock:
+        an instance arriving meanwhile waits to be recorded, and then starts a
+        new job of its own; one re-sent meanwhile is still a duplicate. Once
+        forgotten, a re-sent instance is stored and processed again.
+        """
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT state, series_uid, (SELECT max(id) FROM jobs AS j WHERE j.series_uid = jobs.series_uid)"
+                " AS latest FROM jobs WHERE id = ?",
+                (job_id,),
+            ).fetchone()
+            if row is None or JobState(row["state"]) is not expected or row["latest"] != job_id:
+                return None
+            rows = db.execute("SELECT path FROM instances WHERE series_uid = ?", (row["series_uid"],))
+            paths = [self.data_dir / r["path"] for r in rows.fetchall()]
+            for path in paths:  # files first: a crash between leaves rows of missing files, never the reverse
+                path.unlink(missing_ok=True)
+            db.execute("DELETE FROM instances WHERE series_uid = ?", (row["series_uid"],))
+        return paths
+
     # Rows -> values ----------------------------------------------------------------------------
 
     def _relative(self, path: Path) -> str:

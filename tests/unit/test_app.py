@@ -82,6 +82,7 @@ STATUS_FIELDS = {
     "dead_letters",
     "last_errors",
     "listener",
+    "disk",
 }
 
 

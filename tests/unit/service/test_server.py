@@ -40,16 +40,26 @@ class Recorder:
 
 def _server(recorder: Recorder, exits: list[int] | None = None) -> Server:
     names = ("store", "outbox", "router", "worker", "sender", "scp", "admin", "metrics", "errors")
+    names += ("retention",)
     parts = {name: recorder.part(name) for name in names}
     parts["errors"] = RecentErrors()
-    return Server(load_config(), cast(Any, Components)(**parts), force_exit=([] if exits is None else exits).append)
+    return Server(
+        load_config(), cast(Any, Components)(**parts), force_exit=([] if exits is None else exits).append
+    )
 
 
 def test_start_recovers_then_starts_in_the_order_data_flows() -> None:
     recorder = Recorder()
     _server(recorder).start()
     started = [call for call in recorder.calls if call.endswith(".start")]
-    assert started == ["router.start", "worker.start", "sender.start", "admin.start", "scp.start"]
+    assert started == [
+        "router.start",
+        "worker.start",
+        "sender.start",
+        "retention.start",
+        "admin.start",
+        "scp.start",
+    ]
     # Recovery reads the stores before any thread starts.
     assert recorder.calls.index("store.list_jobs") < recorder.calls.index("router.start")
 
@@ -63,6 +73,7 @@ def test_stop_stops_accepting_first_and_closes_the_stores_last() -> None:
         "router.stop",
         "worker.stop",
         "sender.stop",
+        "retention.stop",
         "admin.stop",
         "outbox.close",
         "store.close",

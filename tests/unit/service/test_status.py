@@ -115,7 +115,9 @@ def test_the_json_keeps_its_field_names_and_reads_back(sources: StatusSources) -
         "dead_letters",
         "last_errors",
         "listener",
+        "disk",
     ]
+    assert set(encoded["disk"]) == {"data_dir_free_mb", "min_free_mb", "warn_free_mb", "warning"}
     assert set(encoded["model"]) == {"id", "output_units", "device", "steps", "eta"}
     assert encoded["queues"] == {"engine": 0, "outbox_due": 0}
     assert set(encoded["oldest_waiting"]) == {"id", "series_uid", "since"}

@@ -89,3 +89,13 @@ def test_the_listener_line_shows_slots_waiting_connections_and_why_some_were_tur
         "listener   associations 2/10, waiting connections 3/64; rejected max_associations_per_peer 4; "
         "dropped evicted 1, request_timeout 7"
     ) in text
+
+
+def test_free_space_is_shown_and_a_warning_stands_out_before_the_watermark() -> None:
+    disk = {"data_dir_free_mb": 50_000.0, "min_free_mb": 1024, "warn_free_mb": 10_240, "warning": None}
+    calm = render_status(_report(disk=disk), NOW)
+    assert "disk       data_dir 50000 MiB free (warns below 10240, refuses CT below 1024)" in calm
+    assert "WARNING" not in calm
+    low = {**disk, "data_dir_free_mb": 9000.0, "warning": "data_dir has 9000 MiB free, below ..."}
+    assert "WARNING    data_dir has 9000 MiB free" in render_status(_report(disk=low), NOW)
+    assert "disk" not in render_status(_report(), NOW)  # an older node sends no disk report
