@@ -62,7 +62,8 @@ def _peer(kind: str, namespace: NetNamespace, work: Path, peer_nodelay: bool) ->
 
 @contextlib.contextmanager
 def _scu_socket(variant: str) -> Iterator[None]:
-    scu.QuickAckSocket = AssociationSocket if variant == "nodelay-only" else QuickAckSocket  # type: ignore[misc]
+    # The "before" is the SCU with pynetdicom's own socket: swapped here, so both run from one tree.
+    scu.QuickAckSocket = AssociationSocket if variant == "nodelay-only" else QuickAckSocket  # type: ignore[misc,assignment]
     try:
         yield
     finally:

@@ -88,6 +88,13 @@ def _setns(fd: int) -> None:
         raise OSError(error, f"setns(CLONE_NEWNET): {os.strerror(error)}")
 
 
+def process_environment(process: subprocess.Popen[bytes] | None) -> dict[str, str]:
+    """The environment ``process`` runs with (nsenter and setpriv exec it under the same pid)."""
+    assert process is not None and process.poll() is None, "the peer is not running"
+    raw = Path(f"/proc/{process.pid}/environ").read_bytes()
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
 class NetNamespace:
     """A fresh network namespace with loopback up, alive while the context lasts.
 
@@ -265,6 +272,10 @@ class StorescpPeer:
     def __exit__(self, *_: object) -> None:
         self.stop()
 
+    def environment(self) -> dict[str, str]:
+        """storescp's environment, as it runs."""
+        return process_environment(self._process)
+
     def associations(self) -> int:
         """Associations storescp has accepted so far (from its verbose log; port probes do not count)."""
         return self.log_path.read_text(errors="replace").count("Association Acknowledged")
@@ -363,6 +374,10 @@ class OrthancPeer:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+
+    def environment(self) -> dict[str, str]:
+        """Orthanc's environment, as it runs."""
+        return process_environment(self._process)
 
     def rest(self, path: str, method: str = "GET", body: bytes | dict[str, Any] | None = None) -> Any:
         """Call ``path`` on the REST API and decode the JSON answer.

@@ -26,6 +26,7 @@ def echo_port() -> Iterator[int]:
     scp = AE(ae_title="ECHOSCP")
     scp.add_supported_context(Verification)
     server = scp.start_server(("127.0.0.1", 0), block=False)
+    assert server is not None
     try:
         yield int(server.server_address[1])
     finally:
@@ -39,12 +40,17 @@ def _associate(ae: AE, port: int) -> Association:
     return assoc
 
 
+def _raw(assoc: Association) -> socket.socket:
+    assert assoc.dul.socket is not None and assoc.dul.socket.socket is not None
+    return assoc.dul.socket.socket
+
+
 def _quick_ack_after_echoes(assoc: Association, turns: int = 5) -> int:
+    assert TCP_QUICKACK is not None
     try:
         for _ in range(turns):
             assert int(assoc.send_c_echo().Status) == 0
-        raw = assoc.dul.socket.socket
-        return int(raw.getsockopt(socket.IPPROTO_TCP, TCP_QUICKACK))
+        return int(_raw(assoc).getsockopt(socket.IPPROTO_TCP, TCP_QUICKACK))
     finally:
         assoc.release()
 
@@ -53,7 +59,7 @@ def test_the_scu_socket_still_acknowledges_at_once_after_request_response_turns(
     ae = _StorageScuAE("CT2PET")
     assoc = _associate(ae, echo_port)
     assert isinstance(assoc.dul.socket, QuickAckSocket)
-    assert assoc.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    assert _raw(assoc).getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     assert _quick_ack_after_echoes(assoc) == 1
     ae.close_sockets()
 
@@ -63,6 +69,7 @@ def test_without_re_arming_linux_clears_the_option(echo_port: int) -> None:
     class SetOnce(AE):
         def _create_socket(self, assoc, address, tls_args):  # type: ignore[no-untyped-def]
             wrapper = super()._create_socket(assoc, address, tls_args)
+            assert wrapper.socket is not None and TCP_QUICKACK is not None
             wrapper.socket.setsockopt(socket.IPPROTO_TCP, TCP_QUICKACK, 1)
             return wrapper
 
