@@ -5,8 +5,11 @@ Runs the node as a hospital would on the embedded defaults (``weights =
 settings): the real ``ct2pet-node start --config FILE`` process, whose file
 sets only the data directory (a temporary folder) and one destination, a
 real Orthanc; both live in one private network namespace with their
-embedded default ports. dcmtk's ``storescu`` sends the shared sample's CT
-series over one association, in slice-position order. The phases come from
+embedded default ports. Orthanc runs stock (nothing added to its
+environment), as a hospital's PACS would; dcmtk's ``storescu``, standing in
+for the scanner, sends the shared sample's CT series over one association,
+in slice-position order, with ``TCP_NODELAY=1`` (without it each of its
+requests waits on Nagle: a property of the sender, not of the node). The phases come from
 the node's JSON log (``instance_stored``, ``series_complete``,
 ``generation_started``, ``translation_started``, ``generation_finished``,
 ``output_series_written``, ``delivery_queued``, ``delivery_done``); the final

@@ -40,8 +40,10 @@ from typing import Any
 from ct2pet_node.config import Destination
 
 _CLONE_NEWNET = 0x40000000
-# dcmtk tools wait 200 ms per PDU turn without it (Nagle plus delayed ACK).
+# For dcmtk *senders* (storescu): they write each request in pieces and wait on Nagle without it.
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+# Peers that receive what the node delivers run as a hospital installs them: nothing added.
+STOCK_ENV = {name: value for name, value in os.environ.items() if name != "TCP_NODELAY"}
 
 
 @cache
@@ -84,6 +86,13 @@ def _setns(fd: int) -> None:
     if libc.setns(fd, _CLONE_NEWNET) != 0:
         error = ctypes.get_errno()
         raise OSError(error, f"setns(CLONE_NEWNET): {os.strerror(error)}")
+
+
+def process_environment(process: subprocess.Popen[bytes] | None) -> dict[str, str]:
+    """The environment ``process`` runs with (nsenter and setpriv exec it under the same pid)."""
+    assert process is not None and process.poll() is None, "the peer is not running"
+    raw = Path(f"/proc/{process.pid}/environ").read_bytes()
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
 
 
 class NetNamespace:
@@ -199,6 +208,10 @@ class StorescpPeer:
     accept_all : bool
         Accept compressed transfer syntaxes too (``+xa``); without it only
         the uncompressed ones, which exercises our decompression fallback.
+
+    tcp_nodelay : bool
+        Start it with ``TCP_NODELAY=1``; by default it runs stock, as
+        installed, so delivery is tested as a hospital would run it.
     """
 
     def __init__(
@@ -208,9 +221,11 @@ class StorescpPeer:
         port: int = 11112,
         ae_title: str = "STORESCP",
         accept_all: bool = False,
+        tcp_nodelay: bool = False,
     ) -> None:
         self.namespace = namespace
         self.output_dir = output_dir
+        self.tcp_nodelay = tcp_nodelay
         self.port = port
         self.ae_title = ae_title
         self.accept_all = accept_all
@@ -240,7 +255,8 @@ class StorescpPeer:
             argv.append("+xa")
         argv.append(str(self.port))
         with self.log_path.open("ab") as log:
-            self._process = self.namespace.popen(argv, env=DCMTK_ENV, stdout=log, stderr=subprocess.STDOUT)
+            env = DCMTK_ENV if self.tcp_nodelay else STOCK_ENV
+            self._process = self.namespace.popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
         self.namespace.wait_for_port(self.port, process=self._process)
         return self
 
@@ -255,6 +271,10 @@ class StorescpPeer:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+
+    def environment(self) -> dict[str, str]:
+        """storescp's environment, as it runs."""
+        return process_environment(self._process)
 
     def associations(self) -> int:
         """Associations storescp has accepted so far (from its verbose log; port probes do not count)."""
@@ -272,6 +292,10 @@ class OrthancPeer:
     ``/statistics``...), :meth:`upload` to store a file in it and
     :meth:`wait_for_job` for its asynchronous jobs; each enters the
     namespace for the call.
+
+    Orthanc runs stock, as installed: nothing added to its environment
+    (dcmtk reads ``TCP_NODELAY`` from there), unless ``tcp_nodelay`` asks
+    for it where Orthanc is the *sender* and the test is not about its speed.
     """
 
     def __init__(
@@ -281,9 +305,11 @@ class OrthancPeer:
         dicom_port: int = 4242,
         http_port: int = 8042,
         ae_title: str = "ORTHANC",
+        tcp_nodelay: bool = False,
     ) -> None:
         self.namespace = namespace
         self.work_dir = work_dir
+        self.tcp_nodelay = tcp_nodelay
         self.dicom_port = dicom_port
         self.http_port = http_port
         self.ae_title = ae_title
@@ -322,9 +348,11 @@ class OrthancPeer:
         config = self.work_dir / "orthanc.json"
         config.write_text(json.dumps(self._config(), indent=2))
         with (self.work_dir / "orthanc.log").open("ab") as log:
-            # Orthanc is built on dcmtk: without TCP_NODELAY=1 every C-STORE answer waits on Nagle.
             self._process = self.namespace.popen(
-                [binary, config], stdout=log, stderr=subprocess.STDOUT, env=DCMTK_ENV
+                [binary, config],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=DCMTK_ENV if self.tcp_nodelay else STOCK_ENV,
             )
         self.namespace.wait_for_port(self.http_port, timeout, self._process)
         self.namespace.wait_for_port(self.dicom_port, timeout, self._process)
@@ -346,6 +374,10 @@ class OrthancPeer:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+
+    def environment(self) -> dict[str, str]:
+        """Orthanc's environment, as it runs."""
+        return process_environment(self._process)
 
     def rest(self, path: str, method: str = "GET", body: bytes | dict[str, Any] | None = None) -> Any:
         """Call ``path`` on the REST API and decode the JSON answer.

@@ -6,7 +6,9 @@ present and one uncompressed context (the files' own uncompressed syntax,
 then Explicit and Implicit VR Little Endian as fallbacks). Each instance's
 C-STORE status is returned as is; what it means is decided in
 :mod:`ct2pet_node.routing.delivery`. Our sockets set ``TCP_NODELAY``: DIMSE
-is request/response with small PDUs, and Nagle's delay costs 40 ms a turn.
+is request/response with small PDUs, and Nagle's delay costs 40 ms a turn;
+and ``TCP_QUICKACK`` after every read (:mod:`ct2pet_node.net.quick_ack`), so
+a stock dcmtk peer's Nagle does not cost the same on its side.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from ct2pet_node.config import Destination
 from ct2pet_node.errors import DeliveryError
+from ct2pet_node.net.quick_ack import QuickAckSocket
 from ct2pet_node.routing.delivery import InstanceResult, TransferProblem
 
 log = structlog.get_logger(__name__)
@@ -108,7 +111,7 @@ def requested_contexts(headers: Sequence[tuple[UID, UID]]) -> list[tuple[UID, li
 
 
 class _StorageScuAE(AE):
-    """An AE whose sockets set TCP_NODELAY and are always closed.
+    """An AE whose sockets set TCP_NODELAY, acknowledge reads at once and are always closed.
 
     pynetdicom (3.0) shuts a socket down after a failed connect, or after the
     peer dropped the connection mid-association, but never closes it
@@ -121,7 +124,8 @@ class _StorageScuAE(AE):
         self.raw_sockets: list[socket.socket] = []
 
     def _create_socket(self, assoc: Association, address: Any, tls_args: Any) -> Any:
-        wrapper = super()._create_socket(assoc, address, tls_args)
+        wrapper = QuickAckSocket(assoc, address=address)
+        wrapper.tls_args = tls_args
         if wrapper.socket is not None:
             wrapper.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.raw_sockets.append(wrapper.socket)

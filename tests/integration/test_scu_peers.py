@@ -199,10 +199,24 @@ def test_dead_letter_after_the_last_retry_then_retry_replays(
     assert _uids(peer.received()) == _uids(series)
 
 
+def test_a_stock_storescp_stores_the_batch(
+    namespace: NetNamespace, series: list[Path], tmp_path: Path
+) -> None:
+    _skip_without_storescp()
+    with StorescpPeer(namespace, tmp_path / "in", accept_all=True) as peer:
+        # As installed: dcmtk reads TCP_NODELAY from its environment, and no package sets it.
+        assert "TCP_NODELAY" not in peer.environment()
+        with namespace.entered():
+            results = send_files(peer.destination, "CT2PET", series, timeouts=QUICK)
+    assert [r.status for r in results] == [0x0000] * len(series)
+    assert _uids(peer.received()) == _uids(series)
+
+
 def test_orthanc_stores_the_batch(namespace: NetNamespace, series: list[Path], tmp_path: Path) -> None:
     if shutil.which("Orthanc") is None:
         pytest.skip("Orthanc not found (apt install orthanc)")
     with OrthancPeer(namespace, tmp_path / "orthanc") as orthanc:
+        assert "TCP_NODELAY" not in orthanc.environment()  # stock, as a hospital runs it
         with namespace.entered():
             assert echo(orthanc.destination, "CT2PET", QUICK).status == 0
             wrong_title = Destination("orthanc", "WRONG", "127.0.0.1", orthanc.dicom_port)
