@@ -1,4 +1,4 @@
-"""``jobs list|show|force|retry``: the job store of a node, read and nudged from outside it."""
+"""``jobs list|show|force|retry|resend|rerun``: the job store of a node, read and nudged from outside it."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def jobs_list(config_path: Path | None, as_json: bool, states: tuple[str, ...]) 
     with errors_to_exit():
         wanted = [_job_state(state) for state in states] or None
         with JobStore.open(config.node.data_dir) as store:
-            found = store.list_jobs(wanted)
+            found = store.list_jobs(wanted)[::-1]
     if as_json:
         print_json([job.to_json() for job in found])
         return
@@ -105,11 +105,16 @@ def _no_job(job_id: int) -> Ct2PetError:
 @click.argument("series_uid")
 def jobs_force(config_path: Path | None, series_uid: str) -> None:
     """Declare a series complete now instead of waiting for it to go quiet."""
+    from ct2pet_node.domain.jobs import force_refusal
+    from ct2pet_node.errors import InputError
     from ct2pet_node.spool.jobstore import JobStore
 
     config = load_or_exit(config_path)
-    with errors_to_exit(), JobStore.open(config.node.data_dir) as store:
-        job = store.request_force(series_uid)
+    with errors_to_exit():
+        with JobStore.open(config.node.data_dir) as store:
+            job = store.request_force(series_uid)
+        if (refusal := force_refusal(job)) is not None:
+            raise InputError(refusal)
     click.echo(
         f"job {job.id} ({job.state.value}): completion requested; the running node acts within seconds"
     )
@@ -125,4 +130,41 @@ def jobs_retry(config_path: Path | None, job_id: int) -> None:
     config = load_or_exit(config_path)
     with errors_to_exit():
         message = retry_job(config, job_id)
+    click.echo(message)
+
+
+@jobs.command("resend")
+@config_option
+@click.argument("job_id", type=int)
+@click.option(
+    "--to",
+    "destination",
+    default=None,
+    help="Only this destination (a [[destinations]] name), e.g. one added after the job was done. "
+    "Default: every configured destination, including those that have the results already.",
+)
+def jobs_resend(config_path: Path | None, job_id: int, destination: str | None) -> None:
+    """Deliver a done job's existing results again, through the outbox."""
+    from ct2pet_node.service.redo import resend_job
+
+    config = load_or_exit(config_path)
+    with errors_to_exit():
+        message = resend_job(config, job_id, destination)
+    click.echo(message)
+
+
+@jobs.command("rerun")
+@config_option
+@click.argument("job_id", type=int)
+def jobs_rerun(config_path: Path | None, job_id: int) -> None:
+    """Translate a done or failed job's CT again (e.g. after new weights) and deliver the results.
+
+    The same model id makes the same output UIDs (the PACS replaces the series); another model id
+    makes a new series.
+    """
+    from ct2pet_node.service.redo import rerun_job
+
+    config = load_or_exit(config_path)
+    with errors_to_exit():
+        message = rerun_job(config, job_id)
     click.echo(message)

@@ -33,7 +33,7 @@ class JobState(Enum):
 
     @property
     def is_final(self) -> bool:
-        """Nothing moves the job on by itself any more: only an operator (``jobs retry``), or nobody."""
+        """Nothing moves the job on by itself any more: only an operator (``jobs retry|resend|rerun``), or nobody."""
         return self in _FINAL
 
     @property
@@ -50,7 +50,7 @@ class Mover(Enum):
     ENGINE = "engine"
     SENDER = "sender"  # every destination acknowledged, or one gave up
     RECOVERY = "recovery"  # start-up, after a crash or a stop
-    OPERATOR = "operator"  # `ct2pet-node jobs retry`
+    OPERATOR = "operator"  # `ct2pet-node jobs retry|resend|rerun`
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +88,10 @@ TRANSITIONS: tuple[Transition, ...] = (
         _S.SENDING, _S.DONE, _M.ENGINE, _M.SENDER, _M.RECOVERY, why="delivered, or nothing left to deliver"
     ),
     _move(_S.SENDING, _S.FAILED, _M.SENDER, _M.RECOVERY, why="dead-lettered, or the results are gone"),
-    _move(_S.FAILED, _S.WAITING, _M.OPERATOR, why="jobs retry: run the engine again"),
+    _move(_S.FAILED, _S.WAITING, _M.OPERATOR, why="jobs retry or jobs rerun: run the engine again"),
     _move(_S.FAILED, _S.SENDING, _M.OPERATOR, why="jobs retry: replay the dead-lettered deliveries"),
+    _move(_S.DONE, _S.SENDING, _M.OPERATOR, why="jobs resend: deliver the existing results again"),
+    _move(_S.DONE, _S.WAITING, _M.OPERATOR, why="jobs rerun: translate again, e.g. with new weights"),
 )
 
 INITIAL_STATE = JobState.RECEIVED
@@ -150,7 +152,8 @@ class JobDetails:
     geometry : str
         Engine: how the CT was mapped onto the model's grid.
     delivery : str
-        Why the results were not sent (no destination configured, none took them).
+        Why the results were not sent (no destination configured, none took them), or where
+        ``jobs resend`` sent them again.
     recovered_from : JobState
         Recovery: the state a crash or a stop left the job in.
     spool_purged_at, results_purged_at : float
@@ -261,3 +264,25 @@ class Job:
             "forced": self.forced,
             "details": self.details.to_json(),
         }
+
+
+# Why `jobs force` cannot complete a series whose latest job is in this state, and what to do instead.
+_NOT_FORCEABLE: Mapping[JobState, str] = {
+    JobState.WAITING: "its series is already complete and waits for the engine",
+    JobState.PROCESSING: "its series is already complete and on the engine",
+    JobState.SENDING: "its results are being delivered; `ct2pet-node jobs show {id}` shows how far",
+    JobState.DONE: "it is finished; `jobs resend {id}` sends its results again, `jobs rerun {id}` translates again",
+    JobState.REFUSED: "its series was refused ({reason}); send the series again to start a new job",
+    JobState.FAILED: "it failed ({reason}); `ct2pet-node jobs retry {id}` runs it again",
+}
+
+
+def force_refusal(job: Job) -> str | None:
+    """Why ``jobs force`` changes nothing for ``job`` (the series' latest), in one line; None if it applies.
+
+    Forcing only means something while the series is still being received.
+    """
+    if job.state is INITIAL_STATE:
+        return None
+    why = _NOT_FORCEABLE[job.state].format(id=job.id, reason=job.reason or "no reason recorded")
+    return f"job {job.id} is {job.state.value}, force does not apply: {why}"

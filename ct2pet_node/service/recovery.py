@@ -81,7 +81,7 @@ def recover_jobs(store: JobStore, outbox: Outbox, submit: Submit, destinations_c
     for job in store.list_jobs([JobState.SENDING]):
         delivery = outbox.job_state(job.id)
         results = job.details.results_dir
-        files = _result_files(results) if delivery is None else []
+        files = result_files(results) if delivery is None else []
         outcome = decide_sending(delivery, results, bool(files), destinations_configured)
         if outcome.resubmit:
             if submit(job.id, files):
@@ -110,5 +110,6 @@ def settle_delivery(store: JobStore, job_id: int, failure: str | None) -> None:
         )
 
 
-def _result_files(results: Path | None) -> list[Path]:
+def result_files(results: Path | None) -> list[Path]:
+    """The DICOM files of a job's results folder (one sub-folder per output kind), sorted."""
     return sorted(results.glob("*/*.dcm")) if results is not None and results.is_dir() else []

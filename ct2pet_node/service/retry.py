@@ -36,6 +36,11 @@ def retry_job(config: Config, job_id: int, now: float | None = None) -> str:
             return f"job {job_id}: queued for the engine again (it failed: {job.reason})"
     raise InputError(
         f"job {job_id} is {job.state.value}: only failed jobs and dead-lettered deliveries can be retried"
+        + (
+            f"; `ct2pet-node jobs resend {job_id}` sends its results again, `jobs rerun {job_id}` remakes them"
+            if job.state is JobState.DONE
+            else ""
+        )
     )
 
 

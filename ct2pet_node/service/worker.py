@@ -298,6 +298,9 @@ class EngineWorker:
         first_source = ct.sources[0].sop_instance_uid
         records = self.store.instances_of(job.series_uid)
         reference = next(r.path for r in records if r.sop_instance_uid == first_source)
+        # Files are named by their SOP Instance UID: after `jobs rerun` with another model, what the
+        # last run wrote would otherwise stay beside the new series and be resent with it.
+        shutil.rmtree(self.results_root / str(job.id), ignore_errors=True)
         return write_outputs(
             ct,
             values,

@@ -260,6 +260,35 @@ class Outbox:
         log.info("outbox_retry", job_id=job_id, destination=destination, entries=count)
         return count
 
+    def resend(self, job_id: int, destination: str, paths: Sequence[Path], now: float) -> None:
+        """Queue ``paths`` for ``destination`` again, due now, even the files it already acknowledged.
+
+        For ``jobs resend`` only: the operator asked for a second copy, so the
+        delivered flags that make :meth:`enqueue` idempotent are cleared here.
+        """
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO entries (job_id, destination, state, attempts, next_attempt_at, created_at,"
+                " updated_at) VALUES (?, ?, ?, 0, ?, ?, ?) ON CONFLICT (job_id, destination) DO UPDATE"
+                " SET state = excluded.state, attempts = 0, next_attempt_at = excluded.next_attempt_at,"
+                " last_error = NULL, updated_at = excluded.updated_at",
+                (job_id, destination, EntryState.PENDING.value, now, now, now),
+            )
+            db.execute("DELETE FROM files WHERE job_id = ? AND destination = ?", (job_id, destination))
+            db.executemany(
+                "INSERT INTO files (job_id, destination, path) VALUES (?, ?, ?)",
+                [(job_id, destination, str(Path(path).absolute())) for path in paths],
+            )
+        log.info("outbox_resend", job_id=job_id, destination=destination, files=len(paths))
+
+    def forget(self, job_id: int) -> int:
+        """Drop every entry of a job (``jobs rerun``: its next results are new deliveries); how many."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM files WHERE job_id = ?", (job_id,))
+            count = db.execute("DELETE FROM entries WHERE job_id = ?", (job_id,)).rowcount
+        log.info("outbox_forgotten", job_id=job_id, entries=count)
+        return count
+
     # -- reading -------------------------------------------------------------
 
     def _entries(self, where: str, args: Sequence[object]) -> list[OutboxEntry]:
