@@ -107,11 +107,11 @@ def test_jobs_list_json_has_the_contract_fields(config_file: Path, tmp_path: Pat
 
     assert result.exit_code == 0, result.output
     listed = json.loads(result.stdout)
-    assert [job["id"] for job in listed] == [1, 2]
+    assert [job["id"] for job in listed] == [2, 1]  # newest first, as --help says
     for job in listed:
         assert set(job) >= JOB_FIELDS
-    assert listed[0]["state"] == "refused" and listed[0]["reason"] == "series has 2 slice(s)"
-    assert listed[0]["n_instances"] == 2 and listed[0]["output_series_uids"] == []
+    assert listed[1]["state"] == "refused" and listed[1]["reason"] == "series has 2 slice(s)"
+    assert listed[1]["n_instances"] == 2 and listed[1]["output_series_uids"] == []
     only_received = json.loads(
         _run("jobs", "list", "--json", "--state", "received", "--config", str(config_file)).stdout
     )
