@@ -8,8 +8,8 @@ import pytest
 
 from ct2pet_node.domain.jobs import (
     INITIAL_STATE,
-    Job,
     TRANSITIONS,
+    Job,
     JobDetails,
     JobState,
     Mover,

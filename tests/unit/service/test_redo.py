@@ -218,7 +218,7 @@ def test_resend_refuses_unknown_destinations_unfinished_jobs_and_missing_results
     with pytest.raises(InputError, match="job 1 is waiting: it has no results yet"):
         resend_job(node.config, job_id)
     assert _run_to_the_end(node, job_id) is JobState.DONE
-    with pytest.raises(InputError, match="unknown destination 'archive'.*are pacs"):
+    with pytest.raises(InputError, match=r"unknown destination 'archive'.*are pacs"):
         resend_job(node.config, job_id, "archive")
     with pytest.raises(InputError, match="no destination is configured"):
         resend_job(_config(node.config.node.data_dir), job_id)
@@ -230,7 +230,7 @@ def test_resend_refuses_unknown_destinations_unfinished_jobs_and_missing_results
     for path in job.details.results_dir.glob("*/*.dcm"):
         path.unlink()
     node.store.add_details(job_id, JobDetails(purged="results removed by retention"))
-    with pytest.raises(InputError, match="removed by retention.*jobs rerun 1"):
+    with pytest.raises(InputError, match=r"removed by retention.*jobs rerun 1"):
         resend_job(node.config, job_id)
     job = node.store.get_job(job_id)
     assert job is not None and job.state is JobState.DONE
@@ -292,12 +292,12 @@ def test_rerun_refuses_jobs_in_progress_refused_older_generations_and_a_purged_s
     assert _run_to_the_end(node, job_id) is JobState.DONE
 
     ct_paths[0].unlink()
-    with pytest.raises(InputError, match="received CT of job 1 is gone.*send the series again"):
+    with pytest.raises(InputError, match=r"received CT of job 1 is gone.*send the series again"):
         rerun_job(node.config, job_id)
 
     late = pydicom.dcmread(ct_paths[1])
     late.SOPInstanceUID = late.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.99.1"
     late.save_as(tmp_path / "late.dcm")
     _receive(node.store, [tmp_path / "late.dcm"])  # a late instance starts the series' next job
-    with pytest.raises(InputError, match="job 1 is not its series' latest job .*rerun job 2"):
+    with pytest.raises(InputError, match=r"job 1 is not its series' latest job .*rerun job 2"):
         rerun_job(node.config, job_id)
