@@ -150,9 +150,11 @@ def test_resend_reaches_a_peer_added_later_and_rerun_remakes_the_same_series(
             assert rerun.returncode == 0, rerun.stderr
             node.wait_until(
                 "rerun",
-                lambda: node.job().attempts == 2
-                and node.job().state is JobState.DONE
-                and _stores(first) == _stores(second) == 2 * results,
+                lambda: (
+                    node.job().attempts == 2
+                    and node.job().state is JobState.DONE
+                    and _stores(first) == _stores(second) == 2 * results
+                ),
             )
             assert node.job().output_series_uids == made
             received = {path.name for path in first.received()} | {p.name for p in second.received()}
