@@ -43,6 +43,12 @@ def render_status(report: StatusReport, now: float | None = None) -> str:
             + _counts("; rejected", listener.get("associations_rejected", {}))
             + _counts("; dropped", listener.get("connections_dropped", {}))
         )
+    for rejected in listener.get("recent_rejections", [])[-5:]:
+        lines.append(
+            f"rejected   {_ago(rejected.get('time'), now)}  {rejected.get('reason')}: "
+            f"{rejected.get('calling_ae') or '?'} -> {rejected.get('called_ae') or '?'} "
+            f"from {rejected.get('peer')}"
+        )
     ignored = listener.get("instances_ignored", {})
     if ignored:
         lines.append(
