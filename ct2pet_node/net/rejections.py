@@ -102,7 +102,12 @@ class RejectionLog:
             self._counts[reason] = self._counts.get(reason, 0) + 1
             self._recent.append(rejection)
         log.warning(
-            "association_rejected", reason=reason, called_ae=called_ae, calling_ae=calling_ae, peer=peer, **fields
+            "association_rejected",
+            reason=reason,
+            called_ae=called_ae,
+            calling_ae=calling_ae,
+            peer=peer,
+            **fields,
         )
 
     def counts(self) -> dict[str, int]:

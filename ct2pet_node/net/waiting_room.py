@@ -261,10 +261,7 @@ class WaitingRoom:
         """Handshake and read as far as the peer's bytes allow, never blocking."""
         try:
             if entry.handshaking and isinstance(entry.sock, ssl.SSLSocket):
-                entry.plain_on_tls = _plain_association_request(entry.sock)
-                if not entry.plain_on_tls:
-                    entry.sock.do_handshake()
-                entry.handshaking = False
+                _handshake(entry, entry.sock)
             while (missing := _bytes_missing(entry.pdu)) > 0:
                 size = min(missing, _READ_CHUNK)
                 # The plain-text request is read past the (unstarted) TLS layer, from the socket itself.
@@ -349,6 +346,14 @@ class WaitingRoom:
             self._unreported[reason] = self._unreported.get(reason, 0) + 1
             host = _host(entry.peer)
             self._unreported_peers[host] = self._unreported_peers.get(host, 0) + 1
+
+
+def _handshake(entry: _Waiting, sock: ssl.SSLSocket) -> None:
+    """Do the TLS handshake, unless the peer started in the clear with an association request."""
+    entry.plain_on_tls = _plain_association_request(sock)
+    if not entry.plain_on_tls:
+        sock.do_handshake()
+    entry.handshaking = False
 
 
 def _plain_association_request(sock: ssl.SSLSocket) -> bool:
