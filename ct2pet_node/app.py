@@ -17,6 +17,7 @@ from ct2pet_node.errors import WeightsError
 from ct2pet_node.routing.delivery import RetrySchedule
 from ct2pet_node.service.admin import AdminServer
 from ct2pet_node.service.metrics import NodeMetrics
+from ct2pet_node.service.progress import ProgressBoard
 from ct2pet_node.service.queue import InProcessQueue
 from ct2pet_node.service.recent_errors import RecentErrors
 from ct2pet_node.service.recovery import settle_delivery
@@ -63,16 +64,18 @@ def _components(
     translator = translator or load_translator(config)
     engine_queue = InProcessQueue()
     router = Router(store, engine_queue, config.routing)
+    progress = ProgressBoard()  # per-slice and per-instance progress: in memory, never in the store
     sender = Sender(
         outbox,
         config.destinations,
         config.node.ae_title,
-        send=counting_sender(scu_sender(scu_timeouts(config)), metrics),
+        send=counting_sender(scu_sender(scu_timeouts(config), progress), metrics),
         schedule=RetrySchedule(config.delivery.retry_delays_seconds, config.delivery.max_attempts),
         on_job_delivered=lambda job_id: settle_delivery(store, job_id, None),
         on_job_dead=lambda job_id, reason: settle_delivery(store, job_id, reason),
+        progress=progress,
     )
-    worker = EngineWorker(config, store, engine_queue, translator, sender.submit, metrics)
+    worker = EngineWorker(config, store, engine_queue, translator, sender.submit, metrics, progress=progress)
 
     def on_stored(record: InstanceRecord) -> None:
         metrics.instance_stored()
@@ -103,6 +106,7 @@ def _components(
         started_at=time.time(),
         pid=os.getpid(),
         listener=scp.listener_status,
+        progress=progress,
     )
 
     def status() -> StatusReport:

@@ -57,9 +57,11 @@ def _job_state(text: str) -> Any:
 
 @jobs.command("show")
 @config_option
+@click.option("--json", "as_json", is_flag=True, help="The job as JSON.")
 @click.argument("job_id", type=int)
-def jobs_show(config_path: Path | None, job_id: int) -> None:
-    """Everything known about one job: state, reason, instances, results and deliveries."""
+def jobs_show(config_path: Path | None, job_id: int, as_json: bool) -> None:
+    """Everything known about one job: state, reason, progress, instances, results and deliveries."""
+    from ct2pet_node.service.job_view import render_job, show_progress
     from ct2pet_node.spool.jobstore import JobStore
     from ct2pet_node.spool.outbox import Outbox
 
@@ -91,7 +93,13 @@ def jobs_show(config_path: Path | None, job_id: int) -> None:
     ]
     if not config.destinations and report.get("details", {}):
         report["where"] = "no destination configured: results stay in details.results_dir"
-    print_json(report)
+    with errors_to_exit():
+        counts = [(sum(1 for f in entry.files if f.delivered), len(entry.files)) for entry in deliveries]
+        report["progress"] = show_progress(config, job, counts).to_json()
+    if as_json:
+        print_json(report)
+    else:
+        click.echo(render_job(report))
 
 
 def _no_job(job_id: int) -> Ct2PetError:

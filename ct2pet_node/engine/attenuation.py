@@ -102,9 +102,25 @@ class AttenuationKvp:
 
     def resolve(self, ct_kvp: float | None) -> float:
         """The kVp to use for a CT whose KVP tag is ``ct_kvp`` (None when absent or unreadable)."""
-        if self.mode == "from_ct" and ct_kvp is not None and np.isfinite(ct_kvp) and ct_kvp > 0:
-            return float(ct_kvp)
+        header = _valid_kvp(ct_kvp)
+        if self.mode == "from_ct" and header is not None:
+            return header
         return float(self.kvp)
+
+    def describe(self, ct_kvp: float | None) -> str:
+        """Which kVp a CT whose KVP tag is ``ct_kvp`` gets, and why, for the log.
+
+        e.g. "model fixes kVp at 140, CT header said 100", "model fixes kVp at 140,
+        CT header has no kVp", "model uses the CT header's kVp, 100", or "model uses
+        the CT header's kVp; header has none, so 120".
+        """
+        header = _valid_kvp(ct_kvp)
+        if self.mode == "fixed":
+            said = "CT header has no kVp" if header is None else f"CT header said {header:g}"
+            return f"model fixes kVp at {self.kvp:g}, {said}"
+        if header is None:
+            return f"model uses the CT header's kVp; header has none, so {self.kvp:g}"
+        return f"model uses the CT header's kVp, {header:g}"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form for the weights manifest."""
@@ -117,3 +133,10 @@ class AttenuationKvp:
             return cls(mode=data["mode"], kvp=float(data["kvp"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise WeightsError(f"attenuation kVp policy {dict(data)!r} is unreadable ({exc})") from exc
+
+
+def _valid_kvp(kvp: float | None) -> float | None:
+    """``kvp`` as a float when it is a usable tube voltage (a positive finite number), else None."""
+    if kvp is None or not np.isfinite(kvp) or kvp <= 0:
+        return None
+    return float(kvp)

@@ -401,7 +401,15 @@ class Pipeline:
             progress=progress,
             out_shape=out_shape,
         )
-        log.info("translation_started", slices=hu.shape[0], kvp=run.kvp, steps=steps, device=str(self.device))
+        log.info(
+            "translation_started",
+            slices=hu.shape[0],
+            kvp=run.kvp,
+            ct_header_kvp=kvp,
+            kvp_rule=self.kvp_policy.describe(kvp),
+            steps=steps,
+            device=str(self.device),
+        )
         with (
             torch.inference_mode(),
             cuda_math(self.device, self.options.precision, benchmark=not self.options.exact),

@@ -47,6 +47,7 @@ from pynetdicom.events import Event
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
+from ct2pet_node.net.rejections import RejectionSink
 from ct2pet_node.net.waiting_room import WaitingRoom
 
 log = structlog.get_logger(__name__)
@@ -144,6 +145,8 @@ class GuardedAssociationServer(ThreadedAssociationServer):
     tcp_nodelay: bool = True
     request_timeout_seconds: float = 5.0
     max_waiting_connections: int = 64
+    # Where the waiting room reports an association it turns away (a plain request on TLS).
+    on_rejection: RejectionSink | None = None
     # listen() backlog: socketserver's 5 drops SYNs while connections churn, and each
     # dropped SYN costs a legitimate sender a one-second retransmission.
     request_queue_size = 128
@@ -163,6 +166,7 @@ class GuardedAssociationServer(ThreadedAssociationServer):
             max_pdu_bytes=MAX_PDU_READ_BYTES,
             ssl_context=self.ssl_context,
             io_timeout=self.io_timeout_seconds,
+            on_rejection=self.on_rejection,
         )
         self.waiting_room.start()
         try:

@@ -18,6 +18,13 @@ from typing import Any
 
 import structlog
 
+from ct2pet_node.net.rejections import (
+    CALLED_AE_UNKNOWN,
+    CALLING_AE_NOT_ALLOWED,
+    NO_ACCEPTABLE_CONTEXT,
+    RejectionLog,
+)
+
 log = structlog.get_logger(__name__)
 
 
@@ -58,8 +65,8 @@ class AssociationLimits:
 
 # pynetdicom's own A-ASSOCIATE-RJ (result, source, diagnostic) -> our reason names.
 _PYNETDICOM_REJECTIONS: dict[tuple[object, ...], str] = {
-    (0x01, 0x01, 0x03): "calling_ae_not_allowed",
-    (0x01, 0x01, 0x07): "called_ae_unknown",
+    (0x01, 0x01, 0x03): CALLING_AE_NOT_ALLOWED,
+    (0x01, 0x01, 0x07): CALLED_AE_UNKNOWN,
     (0x02, 0x02, 0x01): "user_identity_refused",
     (0x02, 0x03, 0x02): "max_associations",
 }
@@ -69,26 +76,21 @@ _LOCAL_LIMIT_EXCEEDED = (0x02, 0x03, 0x02)
 
 
 class AssociationGate:
-    """Handlers of ``EVT_REQUESTED`` (take a slot, or reject) and ``EVT_REJECTED`` (count pynetdicom's).
+    """Handlers of ``EVT_REQUESTED`` (take a slot, or reject), ``EVT_REJECTED`` (pynetdicom's) and
+    ``EVT_ACCEPTED`` (an association with no acceptable presentation context is turned away too).
 
     Run on the association's thread; they never raise (pynetdicom logs
     a notification handler's exception and goes on, but a limit must not
-    depend on that).
+    depend on that). Every rejection goes to :attr:`rejections`.
     """
 
-    def __init__(self, limits: AssociationLimits) -> None:
+    def __init__(self, limits: AssociationLimits, rejections: RejectionLog | None = None) -> None:
         self.limits = limits
-        self._rejected: dict[str, int] = {}
-        self._lock = threading.Lock()
+        self.rejections = rejections or RejectionLog()
 
     def rejected(self) -> dict[str, int]:
         """Associations rejected since start, by reason."""
-        with self._lock:
-            return dict(self._rejected)
-
-    def _count(self, reason: str) -> None:
-        with self._lock:
-            self._rejected[reason] = self._rejected.get(reason, 0) + 1
+        return self.rejections.counts()
 
     def on_requested(self, event: Any) -> None:
         association = event.assoc
@@ -101,14 +103,12 @@ class AssociationGate:
             return
         if reason is None:
             return
-        self._count(reason)
-        log.warning(
-            "association_rejected",
-            reason=reason,
+        self.rejections.record(
+            reason,
+            str(request.called_ae_title).strip(),
+            str(request.calling_ae_title).strip(),
+            host,
             limit=self.limits.max_associations if reason == "max_associations" else self.limits.max_per_peer,
-            calling_ae=str(request.calling_ae_title).strip(),
-            called_ae=str(request.called_ae_title).strip(),
-            peer=host,
             answer="rejected-transient, local-limit-exceeded",
         )
         association.acse.send_reject(*_LOCAL_LIMIT_EXCEEDED)
@@ -118,13 +118,30 @@ class AssociationGate:
         association = event.assoc
         answer = association.acceptor.primitive
         key = tuple(getattr(answer, name, None) for name in ("result", "result_source", "diagnostic"))
-        reason = _PYNETDICOM_REJECTIONS.get(key, "other")
-        self._count(reason)
         request = association.requestor.primitive
-        log.warning(
-            "association_rejected",
-            reason=reason,
-            calling_ae=str(getattr(request, "calling_ae_title", "")).strip(),
-            called_ae=str(getattr(request, "called_ae_title", "")).strip(),
-            peer=str(association.requestor.address),
+        self.rejections.record(
+            _PYNETDICOM_REJECTIONS.get(key, "other"),
+            str(getattr(request, "called_ae_title", "")).strip(),
+            str(getattr(request, "calling_ae_title", "")).strip(),
+            str(association.requestor.address),
+        )
+
+    def on_accepted(self, event: Any) -> None:
+        """Turn away an association none of whose presentation contexts was accepted.
+
+        pynetdicom accepts it (PS3.8 allows that; every context carries its own
+        refusal), and the sender then has nothing it may send: say so here, where
+        the administrator looks, rather than only in the sender's log.
+        """
+        association = event.assoc
+        if association.accepted_contexts:
+            return
+        request = association.requestor.primitive
+        refused = sorted({str(context.abstract_syntax) for context in association.rejected_contexts})
+        self.rejections.record(
+            NO_ACCEPTABLE_CONTEXT,
+            str(getattr(request, "called_ae_title", "")).strip(),
+            str(getattr(request, "calling_ae_title", "")).strip(),
+            str(association.requestor.address),
+            sop_classes=refused[:8],
         )

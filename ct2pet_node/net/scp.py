@@ -184,6 +184,7 @@ class StorageScp:
             "associations_active": self._gate.limits.active(),
             "max_associations": self._gate.limits.max_associations,
             "associations_rejected": self._gate.rejected(),
+            "recent_rejections": self._gate.rejections.recent(),
             "connections_dropped": room.dropped() if room is not None else {},
             "instances_ignored": self.ignored_counts(),
         }
@@ -195,6 +196,7 @@ class StorageScp:
             (evt.EVT_C_ECHO, self._handle_echo),
             (evt.EVT_REQUESTED, self._gate.on_requested),
             (evt.EVT_ACCEPTED, self._handle_accepted),
+            (evt.EVT_ACCEPTED, self._gate.on_accepted),
             (evt.EVT_REJECTED, self._gate.on_rejected),
             (evt.EVT_ABORTED, self._handle_aborted),
             (evt.EVT_PDU_RECV, pdu_guard(self._max_instance_bytes, CT_STORAGE_SOP_CLASSES)),
@@ -219,6 +221,7 @@ class StorageScp:
         server.tcp_nodelay = self._tcp_nodelay
         server.request_timeout_seconds = self._node.association_request_timeout_seconds
         server.max_waiting_connections = self._node.max_waiting_connections
+        server.on_rejection = self._gate.rejections.record
         self._server = server
         self._ae._servers.append(server)  # so AE.shutdown() and active_associations see it
         log.info(

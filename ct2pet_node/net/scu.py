@@ -16,7 +16,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -267,6 +267,7 @@ def send_files(
     paths: Sequence[Path],
     timeouts: ScuTimeouts = ScuTimeouts(),
     cancel: threading.Event | None = None,
+    on_result: Callable[[InstanceResult], None] | None = None,
 ) -> list[InstanceResult]:
     """Send files over one association; one result per path, in order.
 
@@ -281,6 +282,8 @@ def send_files(
     cancel : threading.Event, optional
         When set, no further instance is sent: the one in flight finishes,
         the association is released, the rest come back CANCELLED.
+    on_result : callable, optional
+        Told of each instance's result as it comes (progress shown while a batch is sent).
 
     Returns
     -------
@@ -311,6 +314,8 @@ def send_files(
             done[header.path] = result or InstanceResult(
                 header.path, header.sop_instance, None, problem, detail
             )
+            if on_result is not None:
+                on_result(done[header.path])
         if assoc.is_established:
             assoc.release()
         _close_sockets(assoc)

@@ -17,6 +17,10 @@ network timeout closes them. Here connections and associations are kept apart:
   from the peer address holding the most waiting connections, so one
   flooding host churns its own connections, not a scanner's. Only a connection whose first PDU is a complete
   A-ASSOCIATE-RQ is handed to pynetdicom, with that PDU already read.
+* With TLS required, a connection whose first byte is a plain A-ASSOCIATE-RQ
+  (not a TLS handshake) is a sender configured without TLS: its request is
+  read in the clear, answered with an A-ASSOCIATE-RJ (permanent) and reported
+  as ``tls_required`` with its AE titles, instead of a bare handshake failure.
 * Association slots are counted only for connections that asked for one
   (:mod:`ct2pet_node.net.limits`).
 """
@@ -36,6 +40,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+
+from ct2pet_node.net.rejections import PERMANENT_REJECT_PDU, TLS_REQUIRED, RejectionSink, request_ae_titles
 
 log = structlog.get_logger(__name__)
 
@@ -66,6 +72,7 @@ class _Waiting:
     deadline: float
     handshaking: bool
     pdu: bytearray = field(default_factory=bytearray)
+    plain_on_tls: bool = False  # a sender without TLS on a TLS listener: read in the clear, then refused
 
 
 def _bytes_missing(pdu: bytearray) -> int:
@@ -106,6 +113,8 @@ class WaitingRoom:
         Timeout of the socket handed over.
     clock : callable
         Monotonic seconds (a parameter for tests).
+    on_rejection : callable, optional
+        Told of each plain-TCP association request refused for want of TLS.
     """
 
     def __init__(
@@ -118,8 +127,10 @@ class WaitingRoom:
         ssl_context: ssl.SSLContext | None = None,
         io_timeout: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_rejection: RejectionSink | None = None,
     ) -> None:
         self._hand_over = hand_over
+        self._on_rejection = on_rejection
         self._request_timeout = request_timeout
         self._max_waiting = max_waiting
         self._max_pdu_bytes = max_pdu_bytes
@@ -250,10 +261,11 @@ class WaitingRoom:
         """Handshake and read as far as the peer's bytes allow, never blocking."""
         try:
             if entry.handshaking and isinstance(entry.sock, ssl.SSLSocket):
-                entry.sock.do_handshake()
-                entry.handshaking = False
+                _handshake(entry, entry.sock)
             while (missing := _bytes_missing(entry.pdu)) > 0:
-                chunk = entry.sock.recv(min(missing, _READ_CHUNK))
+                size = min(missing, _READ_CHUNK)
+                # The plain-text request is read past the (unstarted) TLS layer, from the socket itself.
+                chunk = socket.socket.recv(entry.sock, size) if entry.plain_on_tls else entry.sock.recv(size)
                 if not chunk:
                     self._close(entry, "closed_by_peer")
                     return
@@ -276,6 +288,9 @@ class WaitingRoom:
         except OSError as error:
             self._close(entry, "connection_error", error.strerror or str(error))
             return
+        if entry.plain_on_tls:
+            self._refuse_without_tls(entry)
+            return
         self._forget(entry)
         try:
             entry.sock.settimeout(self._io_timeout)
@@ -290,6 +305,14 @@ class WaitingRoom:
             # Closing with unread bytes sends a reset, which may overtake the A-ABORT.
             entry.sock.recv(_READ_CHUNK)
         self._close(entry, reason, f"first PDU type 0x{entry.pdu[0]:02X}, {len(entry.pdu)} bytes read")
+
+    def _refuse_without_tls(self, entry: _Waiting) -> None:
+        called, calling = request_ae_titles(bytes(entry.pdu))
+        with contextlib.suppress(OSError):  # best effort: the sender shows "rejected", not a reset
+            socket.socket.send(entry.sock, PERMANENT_REJECT_PDU)
+        self._close(entry, None)  # counted as a rejection below, not as a dropped connection
+        if self._on_rejection is not None:
+            self._on_rejection(TLS_REQUIRED, called, calling, _host(entry.peer))
 
     def _eviction_victim(self) -> _Waiting:
         """The oldest connection of the peer address holding the most (with one host flooding, its oldest).
@@ -323,6 +346,23 @@ class WaitingRoom:
             self._unreported[reason] = self._unreported.get(reason, 0) + 1
             host = _host(entry.peer)
             self._unreported_peers[host] = self._unreported_peers.get(host, 0) + 1
+
+
+def _handshake(entry: _Waiting, sock: ssl.SSLSocket) -> None:
+    """Do the TLS handshake, unless the peer started in the clear with an association request."""
+    entry.plain_on_tls = _plain_association_request(sock)
+    if not entry.plain_on_tls:
+        sock.do_handshake()
+    entry.handshaking = False
+
+
+def _plain_association_request(sock: ssl.SSLSocket) -> bool:
+    """Whether the first byte waiting on a TLS connection not yet handshaken starts an A-ASSOCIATE-RQ.
+
+    A TLS client's first byte is 0x16 (handshake record); peeked, so the handshake still reads it.
+    Raises BlockingIOError while nothing has arrived.
+    """
+    return socket.socket.recv(sock, 1, socket.MSG_PEEK) == bytes([A_ASSOCIATE_RQ])
 
 
 def _close_quietly(sock: socket.socket) -> None:

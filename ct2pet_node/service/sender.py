@@ -33,6 +33,7 @@ from ct2pet_node.routing.delivery import (
     decide_attempt,
 )
 from ct2pet_node.service.metrics import NodeMetrics
+from ct2pet_node.service.progress import ProgressBoard
 from ct2pet_node.spool.outbox import Outbox, OutboxEntry
 
 log = structlog.get_logger(__name__)
@@ -46,13 +47,19 @@ class SendFunction(Protocol):
     ) -> list[InstanceResult]: ...
 
 
-def scu_sender(timeouts: scu.ScuTimeouts) -> SendFunction:
-    """The real send function with the given timeouts."""
+def scu_sender(timeouts: scu.ScuTimeouts, progress: ProgressBoard | None = None) -> SendFunction:
+    """The real send function with the given timeouts; each acknowledged instance goes to ``progress``."""
+
+    def sent(result: InstanceResult) -> None:
+        if progress is not None and result.outcome.acknowledged:
+            progress.instance_sent()
 
     def send(
         destination: Destination, calling_ae: str, paths: Sequence[Path], cancel: threading.Event
     ) -> list[InstanceResult]:
-        return scu.send_files(destination, calling_ae, paths, timeouts=timeouts, cancel=cancel)
+        return scu.send_files(
+            destination, calling_ae, paths, timeouts=timeouts, cancel=cancel, on_result=sent
+        )
 
     return send
 
@@ -97,6 +104,8 @@ class Sender:
     poll_seconds : float
         Longest sleep between looks at the outbox, seconds.
     clock : callable returning seconds since the epoch
+    progress : ProgressBoard, optional
+        Where each attempt's instances sent of total are shown while it runs.
     """
 
     def __init__(
@@ -111,8 +120,10 @@ class Sender:
         on_job_dead: Callable[[int, str], None] | None = None,
         poll_seconds: float = 5.0,
         clock: Callable[[], float] = time.time,
+        progress: ProgressBoard | None = None,
     ) -> None:
         self.outbox = outbox
+        self.progress = progress or ProgressBoard()
         self.destinations = {d.name: d for d in destinations}
         self.calling_ae = calling_ae
         self._send = send or scu_sender(scu.ScuTimeouts())
@@ -228,12 +239,22 @@ class Sender:
             results = []
         else:
             self.outbox.mark_sending(entry.job_id, entry.destination, now)
-            results = self._send_guarded(destination, paths)
+            self._show_delivery(entry.job_id)
+            try:
+                results = self._send_guarded(destination, paths)
+            finally:
+                self.progress.delivery_ended(entry.job_id)
             now = self._clock()
             decision = decide_attempt(results, entry.attempts, now, self.schedule)
             self._log_results(entry, results, decision)
         self.outbox.mark_results(entry.job_id, entry.destination, results, decision, now)
         self._notify(entry.job_id, entry.destination, decision)
+
+    def _show_delivery(self, job_id: int) -> None:
+        """Put the job's instances sent so far, over every destination, on the progress board."""
+        entries = self.outbox.entries(job_id)
+        sent = sum(sum(1 for f in e.files if f.delivered) for e in entries)
+        self.progress.delivery_started(job_id, sent, sum(len(e.files) for e in entries))
 
     def _send_guarded(self, destination: Destination, paths: Sequence[Path]) -> list[InstanceResult]:
         try:

@@ -19,15 +19,21 @@ from typing import TYPE_CHECKING, Any
 from ct2pet_node import __version__
 from ct2pet_node.domain.jobs import JobState
 from ct2pet_node.routing.retention import disk_warning
+from ct2pet_node.service.progress import job_progress
 from ct2pet_node.service.recent_errors import LoggedProblem
 from ct2pet_node.spool.atomic import free_megabytes
 
 if TYPE_CHECKING:  # `ct2pet-node status` reads reports without loading the node's parts
     from ct2pet_node.config import Config
+    from ct2pet_node.service.progress import ProgressBoard
     from ct2pet_node.service.recent_errors import RecentErrors
     from ct2pet_node.service.worker import EngineWorker
     from ct2pet_node.spool.jobstore import JobStore
     from ct2pet_node.spool.outbox import Outbox
+
+
+# The jobs ``status`` lists one by one, with their progress.
+ACTIVE_STATES = (JobState.RECEIVED, JobState.WAITING, JobState.PROCESSING, JobState.SENDING)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +124,8 @@ class StatusReport:
     # rejections by reason, instances ignored by SOP class.
     listener: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     disk: DiskStatus | None = None
+    # Jobs not yet finished, each {"id", "state", "series_uid", "progress"} (service.progress.JobProgress).
+    active_jobs: tuple[Mapping[str, Any], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """The ``/status`` JSON."""
@@ -140,6 +148,7 @@ class StatusReport:
             "last_errors": [problem.to_json() for problem in self.last_errors],
             "listener": dict(self.listener),
             "disk": None if self.disk is None else dataclasses.asdict(self.disk),
+            "active_jobs": [dict(job) for job in self.active_jobs],
         }
 
     @classmethod
@@ -173,6 +182,7 @@ class StatusReport:
             last_errors=tuple(LoggedProblem.from_json(entry) for entry in data.get("last_errors") or ()),
             listener=dict(data.get("listener") or {}),
             disk=_known(DiskStatus, data["disk"]) if data.get("disk") else None,
+            active_jobs=tuple(dict(job) for job in data.get("active_jobs") or ()),
         )
 
 
@@ -194,6 +204,7 @@ class StatusSources:
     started_at: float
     pid: int
     listener: Callable[[], Mapping[str, Any]] | None = None
+    progress: ProgressBoard | None = None
 
 
 def build_status(sources: StatusSources, now: float) -> StatusReport:
@@ -232,7 +243,33 @@ def build_status(sources: StatusSources, now: float) -> StatusReport:
         last_errors=sources.errors.snapshot(),
         listener=sources.listener() if sources.listener is not None else {},
         disk=_disk(config),
+        active_jobs=_active_jobs(sources, now),
     )
+
+
+def _active_jobs(sources: StatusSources, now: float) -> tuple[dict[str, Any], ...]:
+    quiet = sources.config.routing.series_quiet_seconds
+    board = sources.progress
+    listed = []
+    for job in sources.store.list_jobs(list(ACTIVE_STATES)):
+        live = board.get(job.id) if board is not None else None
+        progress = job_progress(job, now, quiet, live=live, deliveries=_deliveries(sources.outbox, job.id))
+        listed.append(
+            {
+                "id": job.id,
+                "state": job.state.value,
+                "series_uid": job.series_uid,
+                "progress": progress.to_json(),
+            }
+        )
+    return tuple(listed)
+
+
+def _deliveries(outbox: Outbox, job_id: int) -> list[tuple[int, int]]:
+    """(acknowledged, files) per outbox entry of the job."""
+    return [
+        (sum(1 for f in entry.files if f.delivered), len(entry.files)) for entry in outbox.entries(job_id)
+    ]
 
 
 def _disk(config: Config) -> DiskStatus:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from typing import Any
 
+from ct2pet_node.service.progress import JobProgress
 from ct2pet_node.service.status import StatusReport
 
 
@@ -23,6 +25,33 @@ def _counts(title: str, counts: Mapping[str, int]) -> str:
     return f"{title} " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) if counts else ""
 
 
+def _listener_lines(listener: Mapping[str, Any], now: float) -> list[str]:
+    """The DICOM listener: slots, rejections (the last few one by one), ignored instances."""
+    lines: list[str] = []
+    if "associations_active" in listener:
+        lines.append(
+            f"listener   associations {listener['associations_active']}/{listener.get('max_associations')}, "
+            f"waiting connections {listener.get('connections_waiting', 0)}"
+            f"/{listener.get('max_waiting_connections')}"
+            + _counts("; rejected", listener.get("associations_rejected", {}))
+            + _counts("; dropped", listener.get("connections_dropped", {}))
+        )
+    for rejected in listener.get("recent_rejections", [])[-5:]:
+        lines.append(
+            f"rejected   {_ago(rejected.get('time'), now)}  {rejected.get('reason')}: "
+            f"{rejected.get('calling_ae') or '?'} -> {rejected.get('called_ae') or '?'} "
+            f"from {rejected.get('peer')}"
+        )
+    ignored = listener.get("instances_ignored", {})
+    if ignored:
+        lines.append(
+            "ignored    "
+            + ", ".join(f"{name} {count}" for name, count in sorted(ignored.items()))
+            + " (not CT: acknowledged, not kept)"
+        )
+    return lines
+
+
 def render_status(report: StatusReport, now: float | None = None) -> str:
     """Lines of text from a status report."""
     now = time.time() if now is None else now
@@ -34,22 +63,7 @@ def render_status(report: StatusReport, now: float | None = None) -> str:
         "jobs       " + ", ".join(f"{state} {count}" for state, count in report.jobs),
         f"queues     engine {report.queues.engine}, outbox_due {report.queues.outbox_due}",
     ]
-    listener = report.listener
-    if "associations_active" in listener:
-        lines.append(
-            f"listener   associations {listener['associations_active']}/{listener.get('max_associations')}, "
-            f"waiting connections {listener.get('connections_waiting', 0)}"
-            f"/{listener.get('max_waiting_connections')}"
-            + _counts("; rejected", listener.get("associations_rejected", {}))
-            + _counts("; dropped", listener.get("connections_dropped", {}))
-        )
-    ignored = listener.get("instances_ignored", {})
-    if ignored:
-        lines.append(
-            "ignored    "
-            + ", ".join(f"{name} {count}" for name, count in sorted(ignored.items()))
-            + " (not CT: acknowledged, not kept)"
-        )
+    lines += _listener_lines(report.listener, now)
     disk = report.disk
     if disk is not None:
         lines.append(
@@ -60,6 +74,10 @@ def render_status(report: StatusReport, now: float | None = None) -> str:
             lines.append(f"WARNING    {disk.warning}")
     if report.current_job is not None:
         lines.append(f"processing job {report.current_job}")
+    for job in report.active_jobs:
+        progress = JobProgress.from_json(job.get("progress"))
+        if progress.phase is not None:
+            lines.append(f"job {job.get('id')}  {progress.describe()}")
     oldest = report.oldest_waiting
     if oldest:
         lines.append(f"oldest waiting: job {oldest.id}, {_ago(oldest.since, now)}")

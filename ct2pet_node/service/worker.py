@@ -35,6 +35,7 @@ from ct2pet_node.domain.volume import CtVolume
 from ct2pet_node.errors import Ct2PetError, EngineError, SeriesRefused
 from ct2pet_node.routing.qualify import qualify_series
 from ct2pet_node.service.metrics import NodeMetrics
+from ct2pet_node.service.progress import ProgressBoard
 from ct2pet_node.service.queue import EngineQueue
 from ct2pet_node.service.synthesis import Sampling, WrittenSeries, map_to_model, write_outputs
 from ct2pet_node.spool.atomic import atomic_write, ensure_private_dir
@@ -91,6 +92,7 @@ class EngineWorker:
         *,
         chunk_slices: int = CHUNK_SLICES,
         idle_poll_seconds: float = IDLE_POLL_SECONDS,
+        progress: ProgressBoard | None = None,
     ) -> None:
         if chunk_slices < 1:
             raise ValueError(f"chunk_slices must be at least 1, got {chunk_slices}")
@@ -102,6 +104,7 @@ class EngineWorker:
         self.translator = translator
         self._submit = submit
         self.metrics = metrics
+        self.progress = progress or ProgressBoard()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.current_job: int | None = None
@@ -192,6 +195,7 @@ class EngineWorker:
             log.exception("generation_failed", job_id=job.id)
             return self._settle(job, JobState.FAILED, f"internal error: {type(error).__name__}: {error}")
         finally:
+            self.progress.translation_ended(job.id)
             self.current_job = None
 
     def _settle(
@@ -261,12 +265,14 @@ class EngineWorker:
         out = np.empty((count, size, size), dtype=np.float32)
         reused = 0
         ensure_private_dir(work)
+        self.progress.translation_started(job_id, count)
         for start in range(0, count, self.chunk_slices):
             stop = min(start + self.chunk_slices, count)
             checkpoint = work / f"{key}-{start:05d}-{stop:05d}.npy"
             if checkpoint.is_file():
                 out[start:stop] = np.load(checkpoint, allow_pickle=False)
                 reused += stop - start
+                self.progress.slices_done(job_id, stop, translated=False)
                 continue
             if self._stop.is_set():
                 raise StopRequested
@@ -277,6 +283,7 @@ class EngineWorker:
                 eta=self.sampling.eta,
                 seed=self.sampling.seed,
                 first_slice_index=start,
+                progress=self._chunk_progress(job_id, start, stop),
             )
             if not np.all(np.isfinite(out[start:stop])):
                 raise EngineError(
@@ -285,6 +292,14 @@ class EngineWorker:
             atomic_write(checkpoint, _npy_bytes(out[start:stop]))
             log.info("chunk_checkpointed", job_id=job_id, first_slice=start, slices=stop - start)
         return out, reused
+
+    def _chunk_progress(self, job_id: int, start: int, stop: int) -> Callable[[int, int], None]:
+        """The translator's ``progress(units done, units)`` for slices start..stop, as slices of the job."""
+
+        def report(done: int, total: int) -> None:
+            self.progress.slices_done(job_id, start + (stop - start) * done / max(total, 1))
+
+        return report
 
     def _checkpoint_key(self, ct: CtVolume, mapping: GridMapping) -> str:
         # A checkpoint is only reused for the same model, sampling settings and model grid.
@@ -312,6 +327,16 @@ class EngineWorker:
             reference_header=reference,
             out_root=self.results_root / str(job.id),
         )
+
+
+def checkpointed_slices(work_root: Path, job_id: int) -> int:
+    """Slices the engine has checkpointed for ``job_id`` under ``work_root`` (names end ``-START-STOP.npy``)."""
+    done = 0
+    for checkpoint in (work_root / str(job_id)).glob("*-*-*.npy"):
+        start, stop = checkpoint.stem.rsplit("-", 2)[1:]
+        if start.isdigit() and stop.isdigit():
+            done += int(stop) - int(start)
+    return done
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:

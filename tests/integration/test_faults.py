@@ -151,7 +151,7 @@ def _job(node: NodeRunner, series_uid: str, states: set[JobState], timeout: floa
 
 
 def _delivery(node: NodeRunner, job_id: int) -> dict[str, Any]:
-    shown = node.cli("jobs", "show", str(job_id))
+    shown = node.cli("jobs", "show", "--json", str(job_id))
     assert shown.returncode == 0, shown.stderr
     [delivery] = json.loads(shown.stdout)["deliveries"]
     return dict(delivery)
@@ -319,7 +319,7 @@ def test_an_engine_producing_nan_fails_the_job_sends_nothing_and_keeps_serving(
 
 
 def _delivery_entries(node: NodeRunner, job_id: int) -> list[Any]:
-    shown = node.cli("jobs", "show", str(job_id))
+    shown = node.cli("jobs", "show", "--json", str(job_id))
     assert shown.returncode == 0, shown.stderr
     return list(json.loads(shown.stdout)["deliveries"])
 

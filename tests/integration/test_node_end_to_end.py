@@ -371,7 +371,7 @@ def test_destination_stopped_mid_delivery_gets_the_series_complete_once(
         for series in in_orthanc.values():
             assert len(restarted.rest(f"/series/{series['ID']}/instances")) == 40
         assert restarted.rest("/statistics")["CountInstances"] == total
-        shown = json.loads(node.cli("jobs", "show", str(job.id)).stdout)
+        shown = json.loads(node.cli("jobs", "show", "--json", str(job.id)).stdout)
         [delivery] = shown["deliveries"]
         assert delivery["state"] == "delivered" and delivery["attempts"] >= 2
         assert delivery["delivered"] == delivery["files"] == total
@@ -416,6 +416,6 @@ def test_sigterm_mid_translation_checkpoints_and_a_restart_resumes(
     assert results is not None
     for kind in KINDS:
         assert len(list((results / kind).glob("*.dcm"))) == slices
-    shown = json.loads(node.cli("jobs", "show", str(job.id)).stdout)
+    shown = json.loads(node.cli("jobs", "show", "--json", str(job.id)).stdout)
     assert "results stay" in shown["where"] and shown["deliveries"] == []
     assert node.terminate() == 0

@@ -28,6 +28,7 @@ from ctfactory import make_ct_series
 from flood import STALLED_CLIENT_HELLO, EchoProbe, IdleConnections
 from fuzz.harness import RunningScp, node_config
 from peers import DCMTK_ENV, dcmtk_tool
+from structlog.testing import capture_logs
 
 from ct2pet_node.config import load_config
 from ct2pet_node.errors import ConfigError
@@ -194,6 +195,28 @@ def test_plain_client_cannot_talk_to_the_tls_port(
     assert _dcmtk(
         tools["echoscu"], tls_node.port, *_client_tls(pki, pki.client_cert, pki.client_key)
     ).startswith("rc=0")
+
+
+def test_a_plain_request_on_the_tls_port_is_rejected_as_tls_required(
+    tls_node: RunningScp, tools: dict[str, str], pki: Pki
+) -> None:
+    with capture_logs() as logs:
+        plain = _dcmtk(tools["echoscu"], tls_node.port, calling="PLAINSCU")
+    assert "Association Rejected" in plain, plain  # told, not reset: the sender's log says why
+    (event,) = [e for e in logs if e["event"] == "association_rejected"]
+    assert (event["reason"], event["called_ae"], event["calling_ae"], event["peer"], event["log_level"]) == (
+        "tls_required",
+        "CT2PET",
+        "PLAINSCU",
+        "127.0.0.1",
+        "warning",
+    )
+    status = tls_node.scp.listener_status()
+    assert [(r["reason"], r["called_ae"], r["calling_ae"], r["peer"]) for r in status["recent_rejections"]] == [
+        ("tls_required", "CT2PET", "PLAINSCU", "127.0.0.1")
+    ]
+    assert status["associations_rejected"] == {"tls_required": 1}
+    assert "tls_required" not in status["connections_dropped"]  # counted once, as a rejection
 
 
 def test_calling_ae_allow_list_applies_over_tls(tmp_path: Path, tools: dict[str, str], pki: Pki) -> None:

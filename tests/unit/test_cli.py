@@ -130,7 +130,7 @@ def test_jobs_show_says_where_results_stay_without_destination(config_file: Path
         _record(store, "1.2.3.4", "1.2.3.4.1")
         move_to(store, 1, JobState.DONE, details=JobDetails(results_dir=results))
 
-    result = _run("jobs", "show", "1", "--config", str(config_file))
+    result = _run("jobs", "show", "1", "--json", "--config", str(config_file))
 
     assert result.exit_code == 0, result.output
     shown = json.loads(result.stdout)

@@ -90,7 +90,7 @@ def test_dry_run_lists_and_deletes_nothing_then_purge_deletes_and_notes(
     assert done.output.startswith("removed job 1: spool (1 files) and results ")
     assert not old.exists() and not (data / "results" / "1").exists()
     assert recent.is_file() and failed.is_file()
-    shown = json.loads(_run("jobs", "show", "1", "--config", str(config_file)).output)
+    shown = json.loads(_run("jobs", "show", "1", "--json", "--config", str(config_file)).output)
     assert shown["state"] == "done" and "purged" in shown["details"]["purged"]
 
     again = _run("purge", "--config", str(config_file))

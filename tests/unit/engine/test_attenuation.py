@@ -75,3 +75,13 @@ def test_bad_policy_is_refused() -> None:
         AttenuationKvp("guess")  # type: ignore[arg-type]
     with pytest.raises(WeightsError, match="unreadable"):
         AttenuationKvp.from_dict({"mode": "fixed"})
+
+
+def test_the_kvp_rule_says_what_the_model_does_and_what_the_header_said() -> None:
+    fixed = AttenuationKvp("fixed", 120.0)
+    assert fixed.describe(100.0) == "model fixes kVp at 120, CT header said 100"
+    assert fixed.describe(None) == "model fixes kVp at 120, CT header has no kVp"
+    assert fixed.describe(float("nan")) == "model fixes kVp at 120, CT header has no kVp"
+    from_ct = AttenuationKvp("from_ct", 140.0)
+    assert from_ct.describe(100.0) == "model uses the CT header's kVp, 100"
+    assert from_ct.describe(None) == "model uses the CT header's kVp; header has none, so 140"

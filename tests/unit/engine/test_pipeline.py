@@ -192,3 +192,15 @@ def test_importing_the_engine_does_not_import_torch() -> None:
     code = "import sys, ct2pet_node.engine; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_the_translation_log_line_says_how_the_kvp_was_chosen(pipe: Pipeline) -> None:
+    from structlog.testing import capture_logs
+
+    hu = np.zeros((1, 64, 64), dtype=np.float32)
+    with capture_logs() as logs:
+        pipe.translate_region(hu, kvp=100.0, steps=3, seed=0)
+    (started,) = [e for e in logs if e["event"] == "translation_started"]
+    # The release's policy: 140 kVp whatever the tag says.
+    assert (started["kvp"], started["ct_header_kvp"]) == (140.0, 100.0)
+    assert started["kvp_rule"] == "model fixes kVp at 140, CT header said 100"

@@ -116,6 +116,7 @@ def test_the_json_keeps_its_field_names_and_reads_back(sources: StatusSources) -
         "last_errors",
         "listener",
         "disk",
+        "active_jobs",
     ]
     assert set(encoded["disk"]) == {"data_dir_free_mb", "min_free_mb", "warn_free_mb", "warning"}
     assert set(encoded["model"]) == {"id", "output_units", "device", "steps", "eta"}
