@@ -6,7 +6,9 @@ the figure is storescu's wall time, from process start to exit. Ours is the
 real receiving side: SCP, spool (fsync per file and per directory), SQLite
 job store (synchronous FULL) and the router thread parsing headers. dcmtk's
 storescp writes plain files without fsync, so it is the floor, not a peer.
-Both are also measured with Nagle's algorithm left on (ours with
+Ours is also measured from a stock storescu (nothing in its environment, as
+a scanner or PACS runs it), whose requests come in pieces that wait for our
+ACK unless we acknowledge at once. Both are also measured with Nagle's algorithm left on (ours with
 ``tcp_nodelay=False``, storescp with ``TCP_NODELAY=0``) to show what
 TCP_NODELAY buys each.
 
@@ -65,12 +67,14 @@ def _wait_listening(port: int, timeout: float = 10.0) -> None:
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
 
 
-def _send(storescu: str, called: str, port: int, files: list[Path]) -> float:
+def _send(storescu: str, called: str, port: int, files: list[Path], stock_sender: bool = False) -> float:
     command = [storescu, "-aet", "BENCH", "-aec", called, "127.0.0.1", str(port), *map(str, files)]
+    # A stock sender is a scanner's or PACS's dcmtk as installed: TCP_NODELAY unset.
+    env = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
+    if not stock_sender:
+        env["TCP_NODELAY"] = "1"
     start = time.perf_counter()
-    result = subprocess.run(
-        command, capture_output=True, text=True, env={**os.environ, "TCP_NODELAY": "1"}, timeout=600
-    )
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     elapsed = time.perf_counter() - start
     if result.returncode != 0:
         raise RuntimeError(f"storescu failed ({result.returncode}): {result.stderr[-2000:]}")
@@ -104,7 +108,7 @@ def dcmtk_round(files: list[Path], storescu: str, storescp: str, tcp_nodelay: bo
         return elapsed
 
 
-def ours_round(files: list[Path], storescu: str, tcp_nodelay: bool) -> float:
+def ours_round(files: list[Path], storescu: str, tcp_nodelay: bool, stock_sender: bool = False) -> float:
     """Seconds storescu needs to send ``files`` to our SCP (with spool, job store and router)."""
     from ct2pet_node.config import load_config
     from ct2pet_node.net.scp import StorageScp
@@ -130,7 +134,7 @@ def ours_round(files: list[Path], storescu: str, tcp_nodelay: bool) -> float:
         )
         scp.start()
         try:
-            elapsed = _send(storescu, node.ae_title, scp.port, files)
+            elapsed = _send(storescu, node.ae_title, scp.port, files, stock_sender)
         finally:
             scp.stop(timeout=10)
             router.stop(timeout=30)
@@ -204,6 +208,11 @@ def main() -> None:
         _measure("dcmtk storescp, Nagle on", lambda: dcmtk_round(files, storescu, storescp, False), results)
         _measure("ct2pet-node SCP", lambda: ours_round(files, storescu, tcp_nodelay=True), results)
         _measure("ct2pet-node SCP, Nagle on", lambda: ours_round(files, storescu, tcp_nodelay=False), results)
+        _measure(
+            "ct2pet-node SCP, stock storescu",
+            lambda: ours_round(files, storescu, tcp_nodelay=True, stock_sender=True),
+            results,
+        )
     print("\nmedian of rounds:")
     baseline = statistics.median(results["dcmtk storescp"])
     for name, values in results.items():
