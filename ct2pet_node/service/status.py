@@ -118,6 +118,8 @@ class StatusReport:
     # rejections by reason, instances ignored by SOP class.
     listener: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     disk: DiskStatus | None = None
+    # The engine cluster's one-line state ([engine] backend = "ray"); None for the local engine.
+    engine: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The ``/status`` JSON."""
@@ -140,6 +142,8 @@ class StatusReport:
             "last_errors": [problem.to_json() for problem in self.last_errors],
             "listener": dict(self.listener),
             "disk": None if self.disk is None else dataclasses.asdict(self.disk),
+            # Only with a cluster engine, so a local node's /status stays as it was.
+            **({"engine": self.engine} if self.engine is not None else {}),
         }
 
     @classmethod
@@ -173,6 +177,7 @@ class StatusReport:
             last_errors=tuple(LoggedProblem.from_json(entry) for entry in data.get("last_errors") or ()),
             listener=dict(data.get("listener") or {}),
             disk=_known(DiskStatus, data["disk"]) if data.get("disk") else None,
+            engine=data.get("engine"),
         )
 
 
@@ -232,7 +237,14 @@ def build_status(sources: StatusSources, now: float) -> StatusReport:
         last_errors=sources.errors.snapshot(),
         listener=sources.listener() if sources.listener is not None else {},
         disk=_disk(config),
+        engine=_engine_line(translator, counts.get(JobState.WAITING, 0)),
     )
+
+
+def _engine_line(translator: object, waiting: int) -> str | None:
+    # Only a cluster translator (ct2pet_node.cluster) has a state worth a line; the local engine has none.
+    line = getattr(translator, "cluster_status", None)
+    return None if line is None else str(line(waiting))
 
 
 def _disk(config: Config) -> DiskStatus:

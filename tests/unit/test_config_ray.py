@@ -41,6 +41,13 @@ def test_bad_ray_values_are_each_reported_with_their_key(tmp_path: Path) -> None
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     text = "\n".join(caught.value.problems)
-    for key in ("[engine] backend", "[engine.ray] address", "actors", "cpus_per_actor", "fallback", "workers"):
+    for key in (
+        "[engine] backend",
+        "[engine.ray] address",
+        "actors",
+        "cpus_per_actor",
+        "fallback",
+        "workers",
+    ):
         assert key in text
     assert len(caught.value.problems) == 6
