@@ -17,6 +17,7 @@ request ``("chunk", start, values)`` as each chunk finishes (in any order),
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import deque
 from dataclasses import dataclass
@@ -55,7 +56,7 @@ def serve(conn: Connection, settings: DriverSettings) -> None:
             address=settings.address,
             namespace=settings.namespace,
             log_to_driver=False,
-            logging_level="WARNING",
+            logging_level=logging.WARNING,
             configure_logging=False,
         )
     except Exception as error:  # ray raises ConnectionError, RuntimeError, ValueError... for one cause
