@@ -13,9 +13,11 @@ import dataclasses
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -33,12 +35,20 @@ class Cluster:
     def __init__(self, work: Path) -> None:
         self.work = work
         self.groups: list[subprocess.Popen[bytes]] = []
+        self.temps: list[str] = []
 
     def start(self) -> None:
+        # A temp dir of its own: session files of other Ray users of this machine are not ours to read.
+        temp = tempfile.mkdtemp(prefix="ct2ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+        self.temps.append(temp)
         common = ["--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--disable-usage-stats"]
-        head = ["ray", "start", "--head", "--port", "6379", "--include-dashboard=false", *common]
-        self._spawn(head, "head")
-        time.sleep(3)
+        head = ["ray", "start", "--head", "--port", "6379", "--include-dashboard=false", f"--temp-dir={temp}"]
+        for _ in range(3):
+            self._spawn([*head, *common], "head")
+            time.sleep(3)
+            if self.groups[-1].poll() is None:
+                break
+            self.groups.pop()  # exited at once (a port still held by the killed head's processes): again
         self._spawn(["ray", "start", "--address", ADDRESS, *common], "worker")
 
     def _spawn(self, command: list[str], name: str) -> None:
@@ -53,6 +63,9 @@ class Cluster:
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
         self.groups = []
+        for temp in self.temps:
+            shutil.rmtree(temp, ignore_errors=True)
+        self.temps = []
 
 
 def wait_ready(translator: Any, seconds: float = 180) -> None:
@@ -195,8 +208,6 @@ def head_lost(translator: Any, cluster: Cluster, config: Any, work: Path) -> dic
 
 def refusal(config: Any, weights_dir: Path, work: Path) -> str | None:
     """An actor whose weights are another model refuses, and says which."""
-    import shutil
-
     from ct2pet_node.cluster.translator import RayTranslator
 
     other = work / "other-model"
