@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from ct2pet_node.config import Config
 from ct2pet_node.domain.records import InstanceRecord
-from ct2pet_node.errors import WeightsError
+from ct2pet_node.errors import EngineError, WeightsError
 from ct2pet_node.routing.delivery import RetrySchedule
 from ct2pet_node.service.admin import AdminServer
 from ct2pet_node.service.metrics import NodeMetrics
@@ -120,7 +120,7 @@ def _components(
 
 
 def load_translator(config: Config) -> Translator:
-    """The engine's pipeline for the configured weights (imports torch)."""
+    """The engine's pipeline for the configured weights (imports torch), or its Ray cluster's actors."""
     weights_dir = config.engine.weights_dir
     if not (weights_dir / "manifest.json").is_file():
         raise WeightsError(
@@ -128,6 +128,8 @@ def load_translator(config: Config) -> Translator:
             "with `ct2pet-node weights import`, train one with `ct2pet-node train`, or point "
             "[engine] weights at a weights directory"
         )
+    if config.engine.backend == "ray":
+        return _ray_translator(config)
     from ct2pet_node.engine import load_pipeline
     from ct2pet_node.engine.options import EngineOptions
 
@@ -135,6 +137,18 @@ def load_translator(config: Config) -> Translator:
     options = EngineOptions.from_config(engine)
     pipeline: Translator = load_pipeline(weights_dir, device=engine.device, options=options)
     return pipeline
+
+
+def _ray_translator(config: Config) -> Translator:
+    import importlib.util
+
+    # Asked, not imported: ray lives in cluster/ (and in the driver process it starts).
+    if importlib.util.find_spec("ray") is None:
+        raise EngineError('[engine] backend = "ray" needs Ray on this host: pip install "ct2pet-node[ray]"')
+    from ct2pet_node.cluster.translator import RayTranslator
+
+    translator: Translator = RayTranslator(config)
+    return translator
 
 
 def scu_timeouts(config: Config) -> ScuTimeouts:

@@ -53,3 +53,7 @@ class IllegalTransition(Ct2PetError):
     it is a bug in the caller, never an operator's mistake (operator commands
     check the state first and say what they can do).
     """
+
+
+class EngineUnavailable(EngineError):
+    """The engine cannot take work now (its Ray cluster is unreachable); the job waits, it does not fail."""

@@ -10,6 +10,7 @@ with its key and its fix instead of stopping at the first.
 reading and merging. Import from here: this package's names are its API.
 """
 
+from ct2pet_node.config.engine_ray import BACKENDS, RAY_FALLBACKS, RayConfig
 from ct2pet_node.config.load import DEFAULT_CONFIG_PATH, load_config, parse_config
 from ct2pet_node.config.model import (
     AUTO,
@@ -38,6 +39,7 @@ from ct2pet_node.errors import ConfigError
 
 __all__ = [
     "AUTO",
+    "BACKENDS",
     "CUDA_ONLY_PRECISIONS",
     "DEFAULT_CONFIG_PATH",
     "DEFAULT_MAX_ATTEMPTS",
@@ -48,6 +50,7 @@ __all__ = [
     "OUTPUT_KINDS",
     "PRECISIONS",
     "PROJECT_ROOT",
+    "RAY_FALLBACKS",
     "WEIGHTS_ROOT",
     "AdminConfig",
     "Config",
@@ -57,6 +60,7 @@ __all__ = [
     "EngineConfig",
     "NodeConfig",
     "OutputConfig",
+    "RayConfig",
     "RetentionConfig",
     "RoutingConfig",
     "SecurityConfig",

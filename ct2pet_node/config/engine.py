@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ct2pet_node.config.checks import Checker
+from ct2pet_node.config.engine_ray import parse_backend, parse_ray
 from ct2pet_node.config.model import (
     AUTO,
     CUDA_ONLY_PRECISIONS,
@@ -41,7 +42,11 @@ def _optional_auto(
 
 def parse_engine(check: Checker) -> EngineConfig:
     table = check.table("engine")
-    known = {"weights", "device", "steps", "precision", "eta", "seed", *ENGINE_SWITCHES, *ENGINE_COUNTS}
+    known = {
+        *("backend", "ray", "weights", "device", "steps", "precision", "eta", "seed"),
+        *ENGINE_SWITCHES,
+        *ENGINE_COUNTS,
+    }
     check.unknown_keys("[engine]", table, known)
     weights = check.get("[engine]", table, "weights", str, bool, '"demo" or a weights directory')
     device = check.get("[engine]", table, "device", str, _device, '"auto", "cpu", "cuda" or "cuda:N"')
@@ -73,6 +78,8 @@ def parse_engine(check: Checker) -> EngineConfig:
         seed=seed or 0,
         **switches,
         **counts,
+        backend=parse_backend(check, table),
+        ray=parse_ray(check, table),
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ct2pet_node.config.engine_ray import RayConfig
 from ct2pet_node.errors import ConfigError
 
 # ct2pet_node/config/model.py -> the repository root, which holds config/ and weights/.
@@ -126,6 +127,9 @@ class EngineConfig:
     batch_size: int | None = None
     decode_batch_size: int | None = None
     threads: int | None = None
+    # "local" runs the pipeline in this process; "ray" on the actors of ``ray`` (config/engine_ray.py).
+    backend: str = "local"
+    ray: RayConfig = field(default_factory=RayConfig)
 
     @property
     def weights_dir(self) -> Path:

@@ -126,6 +126,8 @@ class StatusReport:
     disk: DiskStatus | None = None
     # Jobs not yet finished, each {"id", "state", "series_uid", "progress"} (service.progress.JobProgress).
     active_jobs: tuple[Mapping[str, Any], ...] = ()
+    # The engine cluster's one-line state ([engine] backend = "ray"); None for the local engine.
+    engine: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The ``/status`` JSON."""
@@ -149,6 +151,8 @@ class StatusReport:
             "listener": dict(self.listener),
             "disk": None if self.disk is None else dataclasses.asdict(self.disk),
             "active_jobs": [dict(job) for job in self.active_jobs],
+            # Only with a cluster engine, so a local node's /status stays as it was.
+            **({"engine": self.engine} if self.engine is not None else {}),
         }
 
     @classmethod
@@ -183,6 +187,7 @@ class StatusReport:
             listener=dict(data.get("listener") or {}),
             disk=_known(DiskStatus, data["disk"]) if data.get("disk") else None,
             active_jobs=tuple(dict(job) for job in data.get("active_jobs") or ()),
+            engine=data.get("engine"),
         )
 
 
@@ -244,6 +249,7 @@ def build_status(sources: StatusSources, now: float) -> StatusReport:
         listener=sources.listener() if sources.listener is not None else {},
         disk=_disk(config),
         active_jobs=_active_jobs(sources, now),
+        engine=_engine_line(translator, counts.get(JobState.WAITING, 0)),
     )
 
 
@@ -270,6 +276,12 @@ def _deliveries(outbox: Outbox, job_id: int) -> list[tuple[int, int]]:
     return [
         (sum(1 for f in entry.files if f.delivered), len(entry.files)) for entry in outbox.entries(job_id)
     ]
+
+
+def _engine_line(translator: object, waiting: int) -> str | None:
+    # Only a cluster translator (ct2pet_node.cluster) has a state worth a line; the local engine has none.
+    line = getattr(translator, "cluster_status", None)
+    return None if line is None else str(line(waiting))
 
 
 def _disk(config: Config) -> DiskStatus:

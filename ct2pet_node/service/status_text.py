@@ -62,6 +62,7 @@ def render_status(report: StatusReport, now: float | None = None) -> str:
         f"model      {model.id} ({model.output_units}) on {model.device}, {model.steps} steps, eta {model.eta}",
         "jobs       " + ", ".join(f"{state} {count}" for state, count in report.jobs),
         f"queues     engine {report.queues.engine}, outbox_due {report.queues.outbox_due}",
+        *([f"engine     {report.engine}"] if report.engine else []),
     ]
     lines += _listener_lines(report.listener, now)
     disk = report.disk

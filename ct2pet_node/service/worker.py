@@ -32,7 +32,7 @@ from ct2pet_node.dicom.volume import build_ct_volume
 from ct2pet_node.domain.jobs import Job, JobDetails, JobState
 from ct2pet_node.domain.model_grid import GridMapping, ModelFrame
 from ct2pet_node.domain.volume import CtVolume
-from ct2pet_node.errors import Ct2PetError, EngineError, SeriesRefused
+from ct2pet_node.errors import Ct2PetError, EngineError, EngineUnavailable, SeriesRefused
 from ct2pet_node.routing.qualify import qualify_series
 from ct2pet_node.service.metrics import NodeMetrics
 from ct2pet_node.service.progress import ProgressBoard
@@ -140,6 +140,10 @@ class EngineWorker:
     def _run(self) -> None:
         idle_since = time.monotonic()
         while not self._stop.is_set():
+            if not self._engine_ready():
+                # A cluster engine that is down: jobs stay WAITING, their queue hints stay queued.
+                self._stop.wait(1.0)
+                continue
             job_id = self.queue.get(timeout=0.5)
             if job_id is None and time.monotonic() - idle_since >= self.idle_poll_seconds:
                 # The queue holds hints only: a job made WAITING by another process (`jobs retry`)
@@ -155,6 +159,11 @@ class EngineWorker:
                 # and the thread must live on to serve the next job.
                 log.exception("engine_worker_crashed", job_id=job_id)
             idle_since = time.monotonic()
+
+    def _engine_ready(self) -> bool:
+        # Only a cluster translator (ct2pet_node.cluster) can be unready; the local pipeline always is.
+        ready = getattr(self.translator, "ready", None)
+        return True if ready is None else bool(ready())
 
     def _oldest_waiting(self) -> int | None:
         try:
@@ -179,6 +188,10 @@ class EngineWorker:
             self._settle(job, JobState.WAITING, "node stopped; resumes")
             log.info("generation_checkpointed", job_id=job.id)
             return JobState.WAITING
+        except EngineUnavailable as error:
+            # Its engine cluster went away: finished chunks are checkpointed, the job waits for it.
+            log.warning("generation_waiting", job_id=job.id, reason=str(error))
+            return self._settle(job, JobState.WAITING, str(error))
         except SeriesRefused as error:
             # Re-qualification on the spooled files refused what the router accepted (files gone
             # or changed since): same outcome as a refusal at the router.
@@ -258,6 +271,8 @@ class EngineWorker:
 
     def _translate(self, job_id: int, ct: CtVolume, mapping: GridMapping) -> tuple[np.ndarray, int]:
         """The PET values (z, S, S) on the model grid, and how many slices came from checkpoints."""
+        if hasattr(self.translator, "translate_chunks"):
+            return self._translate_spread(job_id, ct, mapping)
         region = mapping.to_region(ct.hu)
         count, size = region.shape[0], mapping.matrix
         work = self.work_root / str(job_id)
@@ -300,6 +315,57 @@ class EngineWorker:
             self.progress.slices_done(job_id, start + (stop - start) * done / max(total, 1))
 
         return report
+
+    def _translate_spread(self, job_id: int, ct: CtVolume, mapping: GridMapping) -> tuple[np.ndarray, int]:
+        """:meth:`_translate` on a translator that runs many chunks at once (a Ray cluster's actors).
+
+        Same checkpoints and chunk boundaries as the local path, so either may
+        resume the other's job; chunks arrive in the order they finish.
+        """
+        region = mapping.to_region(ct.hu)
+        count, size = region.shape[0], mapping.matrix
+        work = self.work_root / str(job_id)
+        key = self._checkpoint_key(ct, mapping)
+        out = np.empty((count, size, size), dtype=np.float32)
+        missing: list[range] = []
+        ensure_private_dir(work)
+        for start in range(0, count, self.chunk_slices):
+            chunk = range(start, min(start + self.chunk_slices, count))
+            checkpoint = work / f"{key}-{chunk.start:05d}-{chunk.stop:05d}.npy"
+            if checkpoint.is_file():
+                out[chunk.start : chunk.stop] = np.load(checkpoint, allow_pickle=False)
+            else:
+                missing.append(chunk)
+        reused = count - sum(len(chunk) for chunk in missing)
+        self.progress.translation_started(job_id, count)
+        self.progress.slices_done(job_id, reused, translated=False)
+        if missing and self._stop.is_set():
+            raise StopRequested
+        finished = self.translator.translate_chunks(  # type: ignore[attr-defined]
+            region,
+            missing,
+            kvp=ct.kvp,
+            steps=self.sampling.steps,
+            eta=self.sampling.eta,
+            seed=self.sampling.seed,
+        )
+        finished_slices = 0
+        try:
+            for done, (chunk, values) in enumerate(finished, start=1):
+                if not np.all(np.isfinite(values)):
+                    raise EngineError(
+                        f"the engine produced NaN or infinite values for slices {chunk.start}..{chunk.stop - 1}"
+                    )
+                out[chunk.start : chunk.stop] = values
+                atomic_write(work / f"{key}-{chunk.start:05d}-{chunk.stop:05d}.npy", _npy_bytes(values))
+                log.info("chunk_checkpointed", job_id=job_id, first_slice=chunk.start, slices=len(chunk))
+                finished_slices += len(chunk)
+                self.progress.slices_done(job_id, reused + finished_slices)
+                if self._stop.is_set() and done < len(missing):
+                    raise StopRequested
+        finally:
+            finished.close()
+        return out, reused
 
     def _checkpoint_key(self, ct: CtVolume, mapping: GridMapping) -> str:
         # A checkpoint is only reused for the same model, sampling settings and model grid.

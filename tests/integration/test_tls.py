@@ -212,9 +212,9 @@ def test_a_plain_request_on_the_tls_port_is_rejected_as_tls_required(
         "warning",
     )
     status = tls_node.scp.listener_status()
-    assert [(r["reason"], r["called_ae"], r["calling_ae"], r["peer"]) for r in status["recent_rejections"]] == [
-        ("tls_required", "CT2PET", "PLAINSCU", "127.0.0.1")
-    ]
+    assert [
+        (r["reason"], r["called_ae"], r["calling_ae"], r["peer"]) for r in status["recent_rejections"]
+    ] == [("tls_required", "CT2PET", "PLAINSCU", "127.0.0.1")]
     assert status["associations_rejected"] == {"tls_required": 1}
     assert "tls_required" not in status["connections_dropped"]  # counted once, as a rejection
 

@@ -99,3 +99,11 @@ def test_free_space_is_shown_and_a_warning_stands_out_before_the_watermark() -> 
     low = {**disk, "data_dir_free_mb": 9000.0, "warning": "data_dir has 9000 MiB free, below ..."}
     assert "WARNING    data_dir has 9000 MiB free" in render_status(_report(disk=low), NOW)
     assert "disk" not in render_status(_report(), NOW)  # an older node sends no disk report
+
+
+def test_a_cluster_engine_line_is_shown_and_survives_json() -> None:
+    line = "engine cluster 10.0.0.5:6379 unreachable since 12:03:10, 3 jobs waiting"
+    report = _report(engine=line)
+    assert StatusReport.from_json(report.to_json()) == report
+    assert f"engine     {line}" in render_status(report).splitlines()
+    assert "engine" not in _report().to_json()  # a local node's /status keeps its fields
