@@ -92,7 +92,11 @@ def check_free_space(directory: Path, min_free_mb: int, incoming_bytes: int = 0)
         )
 
 
-def atomic_write(path: Path, chunks: bytes | Iterable[bytes], mode: int = PRIVATE_FILE_MODE) -> int:
+def atomic_write(
+    path: Path,
+    chunks: bytes | bytearray | memoryview | Iterable[bytes],
+    mode: int = PRIVATE_FILE_MODE,
+) -> int:
     """Write ``chunks`` to ``path`` atomically and durably; return the bytes written.
 
     The parent directory must exist. On any failure the temporary file is
