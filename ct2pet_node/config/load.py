@@ -107,6 +107,14 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
 
 def load_config(path: Path | None = None) -> Config:
     """The embedded default, with ``path`` merged over it when given."""
+    if not DEFAULT_CONFIG_PATH.is_file():
+        # A built wheel carries the package only; the default lives in the checkout (README, Install).
+        raise ConfigError(
+            [
+                f"{DEFAULT_CONFIG_PATH}: the embedded default configuration is missing; the node runs "
+                "from its checkout (pip install -e .), not from a built wheel"
+            ]
+        )
     raw = _read_toml(DEFAULT_CONFIG_PATH)
     if path is not None:
         raw = _merge(raw, _read_toml(path))

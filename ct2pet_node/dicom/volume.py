@@ -20,10 +20,10 @@ from pydicom.dataset import Dataset
 
 from ct2pet_node.dicom.headers import read_slice_header
 from ct2pet_node.domain.records import SliceHeader
+from ct2pet_node.domain.series import OrderedSlice, QualifiedSeries
 from ct2pet_node.domain.uids import SeriesUid
 from ct2pet_node.domain.volume import CtVolume, SourceSlice
 from ct2pet_node.errors import InputError, SeriesRefused
-from ct2pet_node.routing.qualify import OrderedSlice, QualifiedSeries
 
 log = structlog.get_logger(__name__)
 

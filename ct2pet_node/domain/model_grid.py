@@ -227,7 +227,7 @@ def body_extent(hu: np.ndarray, threshold: float = BODY_HU) -> tuple[int, int, i
 
     ``None`` when no voxel is above ``threshold`` (an empty field of view).
     """
-    inside = np.asarray(hu > threshold).any(axis=0)
+    inside = np.any(np.asarray(hu) > threshold, axis=0)
     rows, columns = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
     if rows.size == 0:
         return None

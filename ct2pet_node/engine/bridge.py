@@ -35,7 +35,7 @@ def _m_t(num_timesteps: int, mt_type: str) -> np.ndarray:
     """
     if mt_type == "linear":
         return np.linspace(0.001, 0.999, num_timesteps)
-    m_t = 1.0075 ** np.linspace(0, num_timesteps, num_timesteps)
+    m_t: np.ndarray = 1.0075 ** np.linspace(0, num_timesteps, num_timesteps)
     m_t = m_t / m_t[-1]
     m_t[-1] = 0.999
     return m_t

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import torch
+
+if TYPE_CHECKING:
+    from ct2pet_node.engine.networks import Networks
 
 log = structlog.get_logger(__name__)
 
@@ -148,3 +151,53 @@ def cuda_free_bytes(device: torch.device) -> float:
     free, _total = torch.cuda.mem_get_info(device)
     cached_unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     return float(free + cached_unused)
+
+
+_AUTOCAST = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def autocast_for(
+    device: torch.device, precision: str, cuda_graphs: bool
+) -> contextlib.AbstractContextManager[Any]:
+    """The mixed-precision context for ``precision`` on ``device``; a no-op at float32."""
+    dtype = _AUTOCAST.get(precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    # A graph replays kernels, not casts: the autocast cache would hold freed copies.
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=not cuda_graphs)
+
+
+def network_calls(
+    nets: Networks,
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]],
+    compile_: bool,
+    cuda_graphs: bool,
+) -> tuple[TensorFn, TensorFn, TensorFn]:
+    """The UNet, encode and decode callables, in float32 out, compiled and/or graphed as asked."""
+
+    def unet(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with autocast():
+            out: torch.Tensor = nets.unet(x_in, t).float()
+        return out
+
+    def encode(image: torch.Tensor) -> torch.Tensor:
+        with autocast():
+            out: torch.Tensor = nets.vqgan.encode(image).float()
+        return out
+
+    def decode(z: torch.Tensor) -> torch.Tensor:
+        with autocast():
+            out: torch.Tensor = nets.vqgan.decode(z).float()
+        return out
+
+    if compile_:
+        # With graphs too, compile's own CUDA-graph mode replaces the hand capture.
+        mode = "reduce-overhead" if cuda_graphs else None
+        return (
+            CompiledOrEager("unet", unet, mode),
+            CompiledOrEager("vqgan_encode", encode),
+            CompiledOrEager("vqgan_decode", decode),
+        )
+    if cuda_graphs:
+        return GraphedCall(unet), encode, decode
+    return unet, encode, decode

@@ -15,7 +15,7 @@ configuration's (:mod:`ct2pet_node.config.model`), declared there once;
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -238,7 +238,7 @@ def estimate_footprint(
 def latent_side(architecture: Mapping[str, Any]) -> int:
     """Side in pixels of a model's square latent: the VQGAN halves the image once per level but the last."""
     levels = len(architecture["vqgan"]["ddconfig"]["ch_mult"])
-    return int(architecture["image_size"]) // 2 ** (levels - 1)
+    return int(architecture["image_size"]) // (1 << (levels - 1))
 
 
 def cpu_batch_size(latent_side: int) -> int:
@@ -260,3 +260,32 @@ def choose_batch_sizes(
     sample = int(max(1, min(cap, usable // max(footprint.sample_bytes, 1.0))))
     decode = int(max(1, min(sample, usable // max(footprint.decode_bytes, 1.0))))
     return sample, decode
+
+
+def settle_batch_sizes(
+    options: ResolvedOptions,
+    architecture: Mapping[str, Any],
+    device_type: str,
+    free_bytes: Callable[[], float],
+) -> tuple[int, int]:
+    """(sampling batch, decode batch) for a pipeline: the options' own, else chosen for the device.
+
+    ``free_bytes`` is asked only on CUDA, and only when the options leave a size open.
+    """
+    chosen = options.batch_size, options.decode_batch_size
+    if chosen[0] is not None and chosen[1] is not None:
+        return chosen[0], chosen[1]
+    if device_type == "cuda":
+        width = 2 if options.precision in ("bfloat16", "float16") else 4
+        footprint = estimate_footprint(
+            int(architecture["image_size"]),
+            int(architecture["unet"]["model_channels"]) * max(architecture["unet"].get("channel_mult", (1,))),
+            int(architecture["vqgan"]["ddconfig"]["ch"]),
+            width,
+        )
+        auto = choose_batch_sizes(free_bytes(), footprint)
+    else:
+        # Memory does not bind on a CPU host; decoding as wide as sampling keeps the cores fed.
+        auto = (cpu_batch_size(latent_side(architecture)),) * 2
+    sample = chosen[0] or auto[0]
+    return sample, chosen[1] or min(auto[1], sample)

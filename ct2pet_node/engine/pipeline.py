@@ -23,45 +23,27 @@ import structlog
 import torch
 import torch.nn.functional as F
 
-from ct2pet_node.config import AUTO
 from ct2pet_node.domain.model_grid import GridMapping, body_extent, plan_model_grid
 from ct2pet_node.engine.attenuation import AttenuationKvp, attenuation_map
 from ct2pet_node.engine.bridge import BridgeSchedule
-from ct2pet_node.engine.fast_paths import CompiledOrEager, GraphedCall, cuda_free_bytes, cuda_math
-from ct2pet_node.engine.networks import Networks, build_networks
-from ct2pet_node.engine.options import (
-    EngineOptions,
-    choose_batch_sizes,
-    cpu_batch_size,
-    estimate_footprint,
-    latent_side,
-    resolve_options,
+from ct2pet_node.engine.device import resolve_device
+from ct2pet_node.engine.fast_paths import (
+    autocast_for,
+    cuda_free_bytes,
+    cuda_math,
+    network_calls,
 )
+from ct2pet_node.engine.networks import Networks, build_networks
+from ct2pet_node.engine.options import EngineOptions, latent_side, resolve_options, settle_batch_sizes
+from ct2pet_node.engine.sampling import Generators, sample_bridge
 from ct2pet_node.engine.translation import Progress, Translation
 from ct2pet_node.engine.weights import WeightsManifest, load_manifest, load_state_dicts
 from ct2pet_node.errors import EngineError
 
 log = structlog.get_logger(__name__)
 
-_AUTOCAST = {"bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when present else CPU; ``cpu``, ``cuda``, ``cuda:N`` checked to exist."""
-    if device == AUTO:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        chosen = torch.device(device)
-    except RuntimeError as exc:
-        raise EngineError(f"device {device!r} is not a device name; use auto, cpu, cuda or cuda:N") from exc
-    if chosen.type == "cuda":
-        if not torch.cuda.is_available():
-            raise EngineError(f"device {device!r} asked for but CUDA is not available; use cpu or auto")
-        if chosen.index is not None and chosen.index >= torch.cuda.device_count():
-            raise EngineError(f"device {device!r}: only {torch.cuda.device_count()} CUDA devices present")
-    elif chosen.type != "cpu":
-        raise EngineError(f"device {device!r} is not supported; use auto, cpu, cuda or cuda:N")
-    return chosen
+# resolve_device lives in engine.device; it is exported here too, where callers have long found it.
+__all__ = ["Pipeline", "load_pipeline", "resolve_device"]
 
 
 class Pipeline:
@@ -129,7 +111,9 @@ class Pipeline:
             for net in (self.nets.unet, self.nets.vqgan, self.nets.segmentation):
                 # torch's stubs lack Module.to's memory_format overload; it exists at run time.
                 net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        self._unet_fn, self._encode_fn, self._decode_fn = self._network_calls()
+        self._unet_fn, self._encode_fn, self._decode_fn = network_calls(
+            self.nets, self._autocast, self.options.compile, self.options.cuda_graphs
+        )
         self.batch_size, self.decode_batch_size = self._batch_sizes()
 
     def lower_batch_size(self, batch_size: int) -> None:
@@ -153,62 +137,13 @@ class Pipeline:
             )
 
     # --- fast-path plumbing ---------------------------------------------------------------------
-    def _network_calls(self) -> tuple[Callable[..., torch.Tensor], ...]:
-        """The UNet, encode and decode callables, compiled and/or graphed as the options say."""
-
-        def unet(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            with self._autocast():
-                out: torch.Tensor = self.nets.unet(x_in, t).float()
-            return out
-
-        def encode(image: torch.Tensor) -> torch.Tensor:
-            with self._autocast():
-                out: torch.Tensor = self.nets.vqgan.encode(image).float()
-            return out
-
-        def decode(z: torch.Tensor) -> torch.Tensor:
-            with self._autocast():
-                out: torch.Tensor = self.nets.vqgan.decode(z).float()
-            return out
-
-        unet_fn: Callable[..., torch.Tensor] = unet
-        if self.options.compile:
-            # With graphs too, compile's own CUDA-graph mode replaces the hand capture.
-            mode = "reduce-overhead" if self.options.cuda_graphs else None
-            unet_fn = CompiledOrEager("unet", unet, mode)
-            return unet_fn, CompiledOrEager("vqgan_encode", encode), CompiledOrEager("vqgan_decode", decode)
-        if self.options.cuda_graphs:
-            unet_fn = GraphedCall(unet)
-        return unet_fn, encode, decode
-
     def _batch_sizes(self) -> tuple[int, int]:
-        chosen = self.options.batch_size, self.options.decode_batch_size
-        if chosen[0] is not None and chosen[1] is not None:
-            return chosen[0], chosen[1]
-        if self.device.type == "cuda":
-            arch = self.manifest.architecture
-            width = 2 if self.options.precision in ("bfloat16", "float16") else 4
-            footprint = estimate_footprint(
-                self.image_size,
-                int(arch["unet"]["model_channels"]) * max(arch["unet"].get("channel_mult", (1,))),
-                int(arch["vqgan"]["ddconfig"]["ch"]),
-                width,
-            )
-            auto = choose_batch_sizes(cuda_free_bytes(self.device), footprint)
-        else:
-            # Memory does not bind on a CPU host; decoding as wide as sampling keeps the cores fed.
-            auto = (cpu_batch_size(self.latent_side),) * 2
-        sample = chosen[0] or auto[0]
-        return sample, chosen[1] or min(auto[1], sample)
+        return settle_batch_sizes(
+            self.options, self.manifest.architecture, self.device.type, lambda: cuda_free_bytes(self.device)
+        )
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        dtype = _AUTOCAST.get(self.options.precision)
-        if dtype is None:
-            return contextlib.nullcontext()
-        # A graph replays kernels, not casts: the autocast cache would hold freed copies.
-        return torch.autocast(
-            device_type=self.device.type, dtype=dtype, cache_enabled=not self.options.cuda_graphs
-        )
+        return autocast_for(self.device, self.options.precision, self.options.cuda_graphs)
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.options.channels_last else x
@@ -268,7 +203,7 @@ class Pipeline:
         context: torch.Tensor,
         steps: int | None = None,
         eta: float | None = None,
-        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+        generator: Generators = None,
         progress: Callable[[int], None] | None = None,
     ) -> torch.Tensor:
         """Stages 6-7: run the bridge from x = y to the PET latent.
@@ -284,34 +219,7 @@ class Pipeline:
         progress : callable, optional
             Called with 1 after each network evaluation.
         """
-        eta = self.schedule.eta if eta is None else float(eta)
-        timesteps = self.schedule.timesteps(steps)
-        x = y
-        for i, t in enumerate(timesteps.tolist()):
-            t_batch = torch.full((y.shape[0],), t, device=y.device, dtype=torch.long)
-            x0_hat = self.schedule.predict_x0(x, y, t_batch, self.denoise(x, t_batch, context))
-            next_t = int(timesteps[i + 1]) if i + 1 < len(timesteps) and t != 0 else None
-            noise = self._noise(x, generator) if eta > 0 and next_t is not None else None
-            x = self.schedule.step(x0_hat, y, x, t, next_t, noise, eta)
-            if progress is not None:
-                progress(1)
-            if next_t is None:
-                break
-        return x
-
-    @staticmethod
-    def _noise(
-        like: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator] | None
-    ) -> torch.Tensor:
-        if generator is None:
-            return torch.randn(like.shape, device=like.device, dtype=like.dtype)
-        if isinstance(generator, torch.Generator):
-            drawn = torch.randn(like.shape, generator=generator, device=generator.device, dtype=like.dtype)
-            return drawn.to(like.device)
-        if len(generator) != like.shape[0]:
-            raise EngineError(f"{len(generator)} generators for a batch of {like.shape[0]} slices")
-        per_slice = [torch.randn(like.shape[1:], generator=g, dtype=like.dtype) for g in generator]
-        return torch.stack(per_slice).to(like.device)
+        return sample_bridge(self.schedule, self.denoise, y, context, steps, eta, generator, progress)
 
     # --- numpy in, numpy out --------------------------------------------------------------------
     @staticmethod
@@ -461,19 +369,14 @@ class Pipeline:
             (N, H, W) float32 PET in ``self.output_units``.
         """
         hu = _slices(hu)
-        options = {"kvp": kvp, "steps": steps, "eta": eta, "seed": seed, "progress": progress}
-        if pixel_spacing is None:
-            return self.translate_region(
-                hu, first_slice_index=first_slice_index, out_shape=(hu.shape[1], hu.shape[2]), **options
-            )
-        mapping = self.grid_mapping(hu, pixel_spacing)
-        on_region = self.translate_region(
-            mapping.to_region(hu),
-            first_slice_index=first_slice_index,
-            out_shape=mapping.region_shape,
-            **options,
+        mapping = None if pixel_spacing is None else self.grid_mapping(hu, pixel_spacing)
+        region, out_shape = (
+            (hu, hu.shape[1:]) if mapping is None else (mapping.to_region(hu), mapping.region_shape)
         )
-        return mapping.from_region(on_region)
+        translated = self.translate_region(
+            region, kvp, steps, eta, seed, progress, first_slice_index, (out_shape[0], out_shape[1])
+        )
+        return translated if mapping is None else mapping.from_region(translated)
 
 
 def _slices(hu: np.ndarray) -> np.ndarray:

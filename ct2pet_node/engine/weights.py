@@ -25,6 +25,7 @@ import structlog
 
 from ct2pet_node.domain.model_grid import ModelFrame
 from ct2pet_node.errors import InputError, WeightsError
+from ct2pet_node.spool.atomic import UMASK_FILE_MODE, atomic_write_json
 
 if TYPE_CHECKING:
     import torch
@@ -269,16 +270,6 @@ def verify_weights(weights_dir: Path) -> list[str]:
     return problems
 
 
-def _write_atomic_json(path: Path, data: Mapping[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=1, sort_keys=False)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def save_weights(
     out_dir: Path,
     *,
@@ -356,7 +347,7 @@ def save_weights(
             extra=json.loads(json.dumps(dict(extra or {}))),
             geometry=geometry,
         )
-        _write_atomic_json(staging / MANIFEST_NAME, manifest.to_json())
+        atomic_write_json(staging / MANIFEST_NAME, manifest.to_json(), UMASK_FILE_MODE, indent=1)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(staging, out_dir)

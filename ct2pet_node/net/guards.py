@@ -97,7 +97,7 @@ class _BoundedPduSocket(AssociationSocket):
 
     _unread: bytearray
 
-    @property  # type: ignore[override]
+    @property
     def ready(self) -> bool:
         return bool(self._unread) or bool(AssociationSocket.ready.fget(self))  # type: ignore[attr-defined]
 
@@ -215,7 +215,7 @@ def pdu_guard(max_instance_bytes: int, kept_sop_classes: Collection[str]) -> Any
     """
 
     def on_pdu_received(event: Event) -> None:
-        pdu = event.pdu  # type: ignore[attr-defined]
+        pdu = event.pdu
         if not isinstance(pdu, P_DATA_TF):
             return
         message = getattr(getattr(event.assoc, "dimse", None), "message", None)

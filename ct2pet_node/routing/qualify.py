@@ -32,18 +32,17 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from ct2pet_node.config import RoutingConfig
 from ct2pet_node.domain.records import SliceHeader
-from ct2pet_node.domain.uids import SeriesUid, StudyUid, Uid
+from ct2pet_node.domain.series import OrderedSlice, QualifiedSeries
+from ct2pet_node.domain.uids import Uid
 from ct2pet_node.errors import SeriesRefused
 from ct2pet_node.routing.refusals import grid_refusal, stacking_refusal
 from ct2pet_node.routing.stack import (
     CT_IMAGE_SOP_CLASSES,
-    OrderedSlice,
     analyse_grid,
     degrees_from_axial,
     expand_frames,
@@ -66,34 +65,6 @@ PIXEL_SPACING_TOLERANCE = 1e-4
 MAX_DROPPED_NON_AXIAL = 2
 
 __all__ = ["OrderedSlice", "QualifiedSeries", "qualify_series"]
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class QualifiedSeries:
-    """A series fit for translation, in the geometry convention of ``domain.volume``.
-
-    Attributes
-    ----------
-    slices : tuple of OrderedSlice
-        One per z index, in increasing position along the slice normal.
-    affine : numpy.ndarray
-        float64 4x4, read-only: voxel (x, y, z, 1) -> patient LPS mm.
-    spacing : tuple of float
-        (x, y, z) voxel size in mm: column spacing, row spacing, slice step.
-    notes : tuple of str
-        What was dropped or tolerated, for the log and the job store.
-    """
-
-    series_uid: SeriesUid
-    study_uid: StudyUid
-    frame_of_reference_uid: Uid
-    slices: tuple[OrderedSlice, ...]
-    affine: np.ndarray
-    spacing: tuple[float, float, float]
-    rows: int
-    columns: int
-    kvp: float | None
-    notes: tuple[str, ...]
 
 
 def qualify_series(headers: Sequence[SliceHeader], rules: RoutingConfig) -> QualifiedSeries:

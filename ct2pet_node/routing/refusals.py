@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from ct2pet_node.config import RoutingConfig
-from ct2pet_node.routing.stack import Grid, GridProblem, OrderedSlice
+from ct2pet_node.domain.series import OrderedSlice
+from ct2pet_node.routing.stack import Grid, GridProblem
 
 # How far the affine may place a slice from its own ImagePositionPatient, as a
 # share of the slice step (the exact positions still reach the writer).

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ct2pet_node.domain.records import SliceHeader
-from ct2pet_node.domain.uids import SopInstanceUid
+
+# OrderedSlice is a domain value (dicom/ builds volumes from it); routing only orders and judges them.
+from ct2pet_node.domain.series import OrderedSlice as OrderedSlice
 
 CT_IMAGE_SOP_CLASSES = frozenset(
     {
@@ -30,32 +32,6 @@ CT_IMAGE_SOP_CLASSES = frozenset(
 # Secondary Capture Image Storage and its multi-frame variants.
 SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 LOCALIZER_IMAGE_TYPES = frozenset({"LOCALIZER", "SCOUT", "TOPOGRAM", "SURVIEW"})
-
-
-@dataclass(frozen=True, slots=True)
-class OrderedSlice:
-    """One z index of a stack: a classic slice, or one frame of an Enhanced CT instance.
-
-    Attributes
-    ----------
-    frame_number : int or None
-        1-based frame of an Enhanced CT instance; None for classic CT.
-    position : tuple of float
-        ImagePositionPatient (x, y, z) of this slice or frame, LPS mm.
-    """
-
-    header: SliceHeader
-    frame_number: int | None
-    position: tuple[float, float, float]
-
-    @property
-    def sop_instance_uid(self) -> SopInstanceUid:
-        return self.header.sop_instance_uid
-
-    @property
-    def z_text(self) -> str:
-        """The slice's table position as messages print it: ``z=-120.0``."""
-        return f"z={self.position[2]:.1f}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,16 +9,21 @@ service user's eyes only: directories 0700, files 0600.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import json
 import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from ct2pet_node.errors import OutOfSpace, StorageError
 
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
+# As open() creates a file: the umask decides (weights and training outputs, meant to be shared).
+UMASK_FILE_MODE = 0o666
 TEMP_SUFFIX = ".partial"
 _MIB = 1024 * 1024
 
@@ -92,27 +97,23 @@ def check_free_space(directory: Path, min_free_mb: int, incoming_bytes: int = 0)
         )
 
 
-def atomic_write(path: Path, chunks: bytes | Iterable[bytes], mode: int = PRIVATE_FILE_MODE) -> int:
-    """Write ``chunks`` to ``path`` atomically and durably; return the bytes written.
+@contextlib.contextmanager
+def atomic_file(path: Path, mode: int = PRIVATE_FILE_MODE) -> Iterator[BinaryIO]:
+    """A binary handle whose contents replace ``path`` atomically and durably when the block ends.
 
-    The parent directory must exist. On any failure the temporary file is
-    removed and ``path`` is left as it was; the error is a :class:`StorageError`.
+    The one implementation of the node's atomic writes (:func:`atomic_write`
+    is built on it). The parent directory must exist. If the block raises, or
+    a write fails, the temporary file is removed and ``path`` is left as it
+    was; an ``OSError`` comes out as a :class:`StorageError` (``OutOfSpace``
+    on a full disk).
     """
-    parts = (chunks,) if isinstance(chunks, bytes | bytearray | memoryview) else chunks
     temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}{TEMP_SUFFIX}")
-    written = 0
     try:
         descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-        try:
-            for part in parts:
-                view = memoryview(part)
-                while view:
-                    count = os.write(descriptor, view)
-                    written += count
-                    view = view[count:]
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
+        with os.fdopen(descriptor, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(temp, path)
         fsync_dir(path.parent)
     except OSError as error:
@@ -121,8 +122,33 @@ def atomic_write(path: Path, chunks: bytes | Iterable[bytes], mode: int = PRIVAT
             raise OutOfSpace(
                 f"{path.parent}: disk full while writing {path.name}; free disk space"
             ) from error
-        raise StorageError(f"cannot write {path}: {error.strerror or error}; check data_dir") from error
+        raise StorageError(
+            f"cannot write {path}: {error.strerror or error}; check the directory (data_dir for the spool)"
+        ) from error
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write(
+    path: Path,
+    chunks: bytes | bytearray | memoryview | Iterable[bytes],
+    mode: int = PRIVATE_FILE_MODE,
+) -> int:
+    """Write ``chunks`` to ``path`` atomically and durably (:func:`atomic_file`); return the bytes written."""
+    parts = (chunks,) if isinstance(chunks, bytes | bytearray | memoryview) else chunks
+    written = 0
+    with atomic_file(path, mode) as handle:
+        for part in parts:
+            written += handle.write(part)
     return written
+
+
+def atomic_write_json(
+    path: Path, data: Any, mode: int = PRIVATE_FILE_MODE, indent: int | None = None
+) -> None:
+    """``data`` as UTF-8 JSON (newline-terminated) to ``path``, atomically and durably."""
+    atomic_write(path, (json.dumps(data, indent=indent) + "\n").encode("utf-8"), mode)
 
 
 def remove_partial_files(root: Path) -> int:

@@ -9,7 +9,6 @@ learned anything a lookup table could not.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ct2pet_node.errors import WeightsError
+from ct2pet_node.spool.atomic import UMASK_FILE_MODE, atomic_write_json
 
 BASELINE_FILE = "hu_baseline.json"
 DEFAULT_HU_RANGE = (-1024.0, 3072.0)
@@ -134,12 +134,7 @@ def fit_hu_baseline(
 def save_baseline(baseline: HuLookupBaseline, weights_dir: Path) -> Path:
     """Write ``hu_baseline.json`` into ``weights_dir`` atomically; return its path."""
     path = Path(weights_dir) / BASELINE_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        json.dump(baseline.to_json(), handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    atomic_write_json(path, baseline.to_json(), UMASK_FILE_MODE)
     return path
 
 

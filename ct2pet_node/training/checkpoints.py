@@ -12,7 +12,6 @@ either the old checkpoint or the new one, never half of one.
 from __future__ import annotations
 
 import math
-import os
 import pickle
 import zipfile
 from collections.abc import Callable, Mapping
@@ -25,27 +24,18 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ct2pet_node.errors import ConfigError, StorageError, WeightsError
+from ct2pet_node.errors import ConfigError, WeightsError
+from ct2pet_node.spool.atomic import UMASK_FILE_MODE, atomic_file
 
 log = structlog.get_logger(__name__)
 
 
 def save_atomic(path: Path, payload: Mapping[str, Any]) -> None:
-    """``torch.save`` to ``path`` via a temporary file in the same directory, fsync, rename."""
+    """``torch.save`` to ``path`` atomically and durably; a failed write raises :class:`StorageError`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("wb") as handle:
-            torch.save(dict(payload), handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise StorageError(
-            f"cannot write checkpoint {path}: {exc.strerror or exc}; check free space"
-        ) from exc
+    with atomic_file(path, UMASK_FILE_MODE) as handle:
+        torch.save(dict(payload), handle)
 
 
 def load_payload(path: Path) -> dict[str, Any] | None:

@@ -18,9 +18,7 @@ files: :func:`load_evaluation_pair` prepares the slices once,
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -36,6 +34,7 @@ from tqdm import tqdm
 from ct2pet_node.engine.pipeline import Pipeline, load_pipeline
 from ct2pet_node.engine.weights import WeightsManifest, load_manifest
 from ct2pet_node.errors import InputError, WeightsError
+from ct2pet_node.spool.atomic import UMASK_FILE_MODE, atomic_write_json
 from ct2pet_node.training import metrics
 from ct2pet_node.training.baseline import HuLookupBaseline, load_baseline
 from ct2pet_node.training.panels import write_evaluation_panels
@@ -270,12 +269,6 @@ def score(
     return {**sampling(pipeline, steps, eta, seed), "seconds": seconds, **pair.summarise(synthetic)}
 
 
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _load_baseline(folder: Path | str | None) -> HuLookupBaseline | None:
     try:
         return None if folder is None else load_baseline(Path(folder))
@@ -333,7 +326,7 @@ def evaluate_pair(
         pair.hu, pair.suv, synthetic, pair.indices, out_dir, z_over_x=pair.z_over_x, count=PANEL_SLICES
     )
     report["seconds"] = round(time.monotonic() - started, 3)
-    _write_json(out_dir / "metrics.json", report)
+    atomic_write_json(out_dir / "metrics.json", report, UMASK_FILE_MODE, indent=1)
     log.info(
         "evaluation_finished",
         model_id=pipeline.model_id,

@@ -8,7 +8,6 @@ naming files that are not there yet, and the checkpoints beside them survive.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -20,6 +19,7 @@ import torch
 from ct2pet_node.domain.model_grid import ModelFrame
 from ct2pet_node.engine.bridge import BridgeSchedule
 from ct2pet_node.engine.weights import CtScaling, save_weights
+from ct2pet_node.spool.atomic import UMASK_FILE_MODE, atomic_write_json
 from ct2pet_node.training.baseline import HuLookupBaseline, save_baseline
 from ct2pet_node.training.config import TrainConfig
 from ct2pet_node.training.train_bridge import cond_stage_params
@@ -108,9 +108,7 @@ def export_weights(
         },
         "seconds": dict(timings),
     }
-    tmp = out_dir / f".{TRAINING_RECORD}.tmp"
-    tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
-    os.replace(tmp, out_dir / TRAINING_RECORD)
+    atomic_write_json(out_dir / TRAINING_RECORD, record, UMASK_FILE_MODE, indent=1)
     os.replace(staging / "manifest.json", out_dir / "manifest.json")
     shutil.rmtree(staging, ignore_errors=True)
     return manifest.model_id

@@ -1,5 +1,6 @@
 """The house rules a script can check: layer contracts and lint."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -32,3 +33,18 @@ def test_the_cli_starts_without_torch_or_pynetdicom() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_mypy_strict_finds_nothing() -> None:
+    # [tool.mypy] in pyproject.toml sets strict and the files; about 20 s cold on 2 cores.
+    # Not skipped when mypy is missing: the test extra installs it, and a silent skip would hide
+    # every type error.
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--cache-dir", os.devnull, "--config-file", "pyproject.toml"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -49,7 +49,8 @@ class BasicBlock(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+        result: torch.Tensor = self.relu(out + identity)
+        return result
 
 
 class Bottleneck(nn.Module):
@@ -73,7 +74,8 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        result: torch.Tensor = self.relu(out + identity)
+        return result
 
 
 def _make_stage(
@@ -102,13 +104,16 @@ class ResNetEncoder(nn.Module):
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        stages: list[nn.Sequential | None] = []
+        stages: list[nn.Sequential] = []
         inplanes = 64
         for index, (planes, count) in enumerate(zip((64, 128, 256, 512), layers, strict=True)):
             # A stage with no blocks is one past the depth that a checkpoint chose not to carry
             # (our own trained models); the release carries them, so they are built when present.
+            # An empty Sequential holds no weights, so the state dict is the same as without it.
             stride = 1 if index == 0 else 2
-            stages.append(_make_stage(block_cls, inplanes, planes, count, stride) if count > 0 else None)
+            stages.append(
+                _make_stage(block_cls, inplanes, planes, count, stride) if count > 0 else nn.Sequential()
+            )
             inplanes = planes * block_cls.expansion
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         expansion = block_cls.expansion
@@ -157,7 +162,8 @@ class DecoderBlock(nn.Module):
             x = F.interpolate(x, scale_factor=2.0, mode="nearest")
         else:
             x = torch.cat([F.interpolate(x, size=skip.shape[-2:], mode="nearest"), skip], dim=1)
-        return self.conv2(self.conv1(x))
+        result: torch.Tensor = self.conv2(self.conv1(x))
+        return result
 
 
 class UnetDecoder(nn.Module):
@@ -234,4 +240,5 @@ class SegmentationUNet(nn.Module):
                 f"segmentation input {tuple(x.shape)}: H and W must be divisible by {2**depth}; "
                 "resize or pad first"
             )
-        return self.segmentation_head(self.decoder(self.encoder(x)))
+        result: torch.Tensor = self.segmentation_head(self.decoder(self.encoder(x)))
+        return result

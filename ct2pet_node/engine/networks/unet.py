@@ -101,7 +101,8 @@ class Downsample(nn.Module):
             self.op = nn.AvgPool2d(kernel_size=2, stride=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.op(x)
+        result: torch.Tensor = self.op(x)
+        return result
 
 
 class ResBlock(TimestepBlock):
@@ -159,7 +160,8 @@ class ResBlock(TimestepBlock):
             h = self.out_layers[3](self.out_layers[2](self.out_layers[1](h)))
         else:
             h = self.out_layers(h + emb_out)
-        return self.skip_connection(x) + h
+        result: torch.Tensor = self.skip_connection(x) + h
+        return result
 
 
 class AttentionBlock(nn.Module):
@@ -198,7 +200,8 @@ class AttentionBlock(nn.Module):
         # softmax(q^T k / sqrt(head_ch)) v, identical to the release's two 1/sqrt(sqrt(ch)) scalings.
         a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         h = self.proj_out(a.transpose(1, 2).reshape(b, c, length))
-        return (x + h).reshape(b, c, *spatial)
+        result: torch.Tensor = (x + h).reshape(b, c, *spatial)
+        return result
 
 
 class UNet(nn.Module):
@@ -324,4 +327,5 @@ class UNet(nn.Module):
         h = self.middle_block(h, emb)
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
-        return self.out(h)
+        result: torch.Tensor = self.out(h)
+        return result

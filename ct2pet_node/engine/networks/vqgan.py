@@ -54,7 +54,8 @@ class ResnetBlock(nn.Module):
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
         if self.in_channels != self.out_channels:
             x = self.conv_shortcut(x) if self.use_conv_shortcut else self.nin_shortcut(x)
-        return x + h
+        result: torch.Tensor = x + h
+        return result
 
 
 class AttnBlock(nn.Module):
@@ -78,7 +79,8 @@ class AttnBlock(nn.Module):
         v = self.v(h).reshape(b, 1, c, height * width).transpose(2, 3)
         out = F.scaled_dot_product_attention(q, k, v)
         out = out.transpose(2, 3).reshape(b, c, height, width)
-        return x + self.proj_out(out)
+        result: torch.Tensor = x + self.proj_out(out)
+        return result
 
 
 class Downsample(nn.Module):
@@ -92,7 +94,8 @@ class Downsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.with_conv:
-            return self.conv(F.pad(x, (0, 1, 0, 1), mode="constant", value=0.0))
+            result: torch.Tensor = self.conv(F.pad(x, (0, 1, 0, 1), mode="constant", value=0.0))
+            return result
         return F.avg_pool2d(x, kernel_size=2, stride=2)
 
 
@@ -137,7 +140,8 @@ class _Mid(nn.Module):
         self.block_2 = ResnetBlock(channels, channels, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.block_2(self.attn_1(self.block_1(x)))
+        result: torch.Tensor = self.block_2(self.attn_1(self.block_1(x)))
+        return result
 
 
 class Encoder(nn.Module):
@@ -187,7 +191,8 @@ class Encoder(nn.Module):
             if level.downsample is not None:
                 h = level.downsample(h)
         h = self.mid(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        result: torch.Tensor = self.conv_out(F.silu(self.norm_out(h)))
+        return result
 
 
 class Decoder(nn.Module):
@@ -236,7 +241,8 @@ class Decoder(nn.Module):
             h = level.run_blocks(h)
             if level.upsample is not None:
                 h = level.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        result: torch.Tensor = self.conv_out(F.silu(self.norm_out(h)))
+        return result
 
 
 class VectorQuantizer(nn.Module):
@@ -313,11 +319,13 @@ class VQGAN(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Image (B, in_channels, H, W) -> unquantised latent (B, embed_dim, H / f, W / f)."""
-        return self.quant_conv(self.encoder(x))
+        result: torch.Tensor = self.quant_conv(self.encoder(x))
+        return result
 
     def decode_quantized(self, zq: torch.Tensor) -> torch.Tensor:
         """Already-quantised latent (B, embed_dim, h, w) -> image (B, out_ch, h * f, w * f)."""
-        return self.decoder(self.post_quant_conv(zq))
+        result: torch.Tensor = self.decoder(self.post_quant_conv(zq))
+        return result
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Unquantised latent -> image, quantising first as the release does."""

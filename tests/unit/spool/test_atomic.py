@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -11,7 +12,10 @@ import pytest
 from ct2pet_node.errors import OutOfSpace, StorageError
 from ct2pet_node.spool.atomic import (
     TEMP_SUFFIX,
+    UMASK_FILE_MODE,
+    atomic_file,
     atomic_write,
+    atomic_write_json,
     check_free_space,
     ensure_private_dir,
     free_megabytes,
@@ -89,3 +93,26 @@ def test_remove_partial_files(tmp_path: Path) -> None:
     assert remove_partial_files(tmp_path) == 1
     assert [p.name for p in (tmp_path / "s").iterdir()] == ["x.dcm"]
     assert remove_partial_files(tmp_path / "missing") == 0
+
+
+def test_a_block_that_raises_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "checkpoint.pt"
+    target.write_bytes(b"old")
+    with pytest.raises(ValueError, match="serialiser broke"), atomic_file(target) as handle:
+        handle.write(b"half a new checkpoint")
+        raise ValueError("serialiser broke")
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
+def test_json_is_written_whole_with_the_mode_asked(tmp_path: Path) -> None:
+    target = tmp_path / "metrics.json"
+    atomic_write_json(target, {"mae": 0.5}, UMASK_FILE_MODE, indent=1)
+    assert json.loads(target.read_text(encoding="utf-8")) == {"mae": 0.5}
+    assert target.stat().st_mode & 0o777 == UMASK_FILE_MODE & ~_umask()
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
