@@ -34,7 +34,7 @@ from ct2pet_node.service.metrics import CONTENT_TYPE, NodeMetrics
 from ct2pet_node.service.preview import PREVIEW_DIR, PREVIEW_NAMES
 from ct2pet_node.service.status import StatusReport
 from ct2pet_node.web.job_page import job_page
-from ct2pet_node.web.pages import NodeFacts, dashboard
+from ct2pet_node.web.pages import FAVICON_SVG, NodeFacts, dashboard
 
 log = structlog.get_logger(__name__)
 
@@ -95,6 +95,7 @@ def build_app(sources: AdminSources) -> Starlette:
         Route("/status", guarded(paths.status)),
         Route("/metrics", guarded(paths.metrics)),
         Route("/healthz", paths.healthz),
+        Route("/favicon.svg", paths.favicon),
         Route("/", guarded(paths.home)),
         Route("/jobs/{job_id:int}", guarded(paths.job)),
         Route("/jobs/{job_id:int}/preview/{name}", guarded(paths.preview)),
@@ -139,6 +140,9 @@ class _Endpoints:
 
     def healthz(self, request: Request) -> Response:
         return PlainTextResponse("ok\n")
+
+    def favicon(self, request: Request) -> Response:
+        return Response(FAVICON_SVG, media_type="image/svg+xml")
 
     def home(self, request: Request) -> Response:
         sources = self.sources

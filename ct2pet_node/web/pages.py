@@ -41,6 +41,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 .state-done{background:#2f8f4e}.state-failed{background:#c0392b}.state-refused{background:#b9770e}
 .state-processing{background:#2d6cb5}.state-sending{background:#7d3cb5}.state-waiting{background:#5d6d7e}
 .muted{color:#7a8491}
+td a{white-space:nowrap}
 .bar{background:#e4e8ee;border-radius:3px;height:10px;position:relative;margin:4px 0}
 .bar span{display:block;height:10px;border-radius:3px;background:#2f8f4e}
 .bar.low span{background:#c0392b}
@@ -48,6 +49,13 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 svg .chart-title{font-size:12px;font-weight:600;fill:#1d2733}svg .tick{font-size:10px;fill:#55606e}
 img.preview{max-width:100%;height:auto;border:1px solid #dde3ea;background:#000}
 """
+
+
+# The page's icon: the node's own, so the browser asks nobody else for one.
+FAVICON_SVG = (
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" '
+    'fill="#1d2733"/><circle cx="8" cy="8" r="4" fill="#ffb000"/></svg>'
+)
 
 
 def when(seconds: float | None) -> str:
@@ -77,7 +85,8 @@ def page(title: str, body: str, refresh: bool = True) -> str:
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f'<meta name="viewport" content="width=device-width,initial-scale=1">{meta}'
-        f"<title>{escape(title)}</title><style>{_STYLE}</style></head><body>{body}</body></html>"
+        f'<title>{escape(title)}</title><link rel="icon" href="/favicon.svg" type="image/svg+xml">'
+        f"<style>{_STYLE}</style></head><body>{body}</body></html>"
     )
 
 
