@@ -8,6 +8,7 @@ job DONE after writing, the delivery (``updated_at - written_at``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
@@ -124,7 +125,7 @@ def bars_svg(title: str, hours: Sequence[HourOfWork], field: str, colour: str = 
         parts.append(
             f'<rect x="{x:.1f}" y="{TOP + plot_h - height:.1f}" width="{max(1.0, slot - 2):.1f}" '
             f'height="{height:.1f}" fill="{colour}"><title>{int(value)} {field} in the hour from '
-            f"{hour.start:.0f}</title></rect>"
+            f"{time.strftime('%H:%M', time.gmtime(hour.start))} UTC</title></rect>"
         )
     parts.append("</svg>")
     return "".join(parts)
@@ -138,7 +139,7 @@ def phases_svg(title: str, hours: Sequence[HourOfWork]) -> str:
     plot_h = HEIGHT - TOP - BOTTOM
     slot = (WIDTH - LEFT - RIGHT) / max(1, len(hours))
     for index, hour in enumerate(hours):
-        y = TOP + plot_h
+        y = float(TOP + plot_h)
         for name, seconds in hour.mean_phase_seconds:
             height = plot_h * seconds / top
             y -= height
