@@ -87,8 +87,19 @@ def _timings(job: Job) -> str:
     return table(rows)
 
 
+# Shown in their own sections above.
+_SHOWN_ABOVE = frozenset({"sampling", "geometry", "phase_seconds", "written_at"})
+
+
 def _details(job: Job) -> str:
-    rows = [(escape(name), escape(_text(value))) for name, value in job.details.to_json().items()]
+    rows = [
+        (
+            escape(name),
+            when(value) if name.endswith("_at") and isinstance(value, float) else escape(_text(value)),
+        )
+        for name, value in job.details.to_json().items()
+        if name not in _SHOWN_ABOVE
+    ]
     return table(rows) if rows else "<p class=muted>nothing recorded yet</p>"
 
 
