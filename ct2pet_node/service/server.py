@@ -32,7 +32,6 @@ import structlog
 
 from ct2pet_node import __version__
 from ct2pet_node.config import Config
-from ct2pet_node.service.admin import AdminServer
 from ct2pet_node.service.metrics import NodeMetrics
 from ct2pet_node.service.recent_errors import RecentErrors
 from ct2pet_node.service.recovery import recover_jobs
@@ -45,6 +44,7 @@ from ct2pet_node.spool.outbox import Outbox
 if TYPE_CHECKING:  # both pull in pynetdicom, which only the composition root loads, when it builds
     from ct2pet_node.net.scp import StorageScp
     from ct2pet_node.service.sender import Sender
+    from ct2pet_node.web.server import AdminServer
 
 log = structlog.get_logger(__name__)
 
