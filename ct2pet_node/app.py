@@ -15,13 +15,14 @@ from ct2pet_node.config import Config
 from ct2pet_node.domain.records import InstanceRecord
 from ct2pet_node.errors import EngineError, WeightsError
 from ct2pet_node.routing.delivery import RetrySchedule
-from ct2pet_node.service.admin import AdminServer
 from ct2pet_node.service.metrics import NodeMetrics
 from ct2pet_node.service.progress import ProgressBoard
 from ct2pet_node.service.queue import InProcessQueue
 from ct2pet_node.service.recent_errors import RecentErrors
 from ct2pet_node.service.recovery import settle_delivery
+from ct2pet_node.service.redo import rerun_job, resend_job
 from ct2pet_node.service.retention import Retention
+from ct2pet_node.service.retry import retry_job
 from ct2pet_node.service.router import Router
 from ct2pet_node.service.server import Components, Server
 from ct2pet_node.service.status import StatusReport, StatusSources, build_status
@@ -29,6 +30,9 @@ from ct2pet_node.service.worker import EngineWorker, Translator
 from ct2pet_node.spool.atomic import ensure_private_dir, free_bytes
 from ct2pet_node.spool.jobstore import JobStore
 from ct2pet_node.spool.outbox import Outbox
+from ct2pet_node.web.app import Action, AdminSources
+from ct2pet_node.web.pages import NodeFacts
+from ct2pet_node.web.server import AdminServer
 
 if TYPE_CHECKING:  # the sender pulls in pynetdicom; `convert` uses this module without it
     from ct2pet_node.net.scu import ScuTimeouts
@@ -113,10 +117,44 @@ def _components(
         return build_status(sources, time.time())
 
     admin = AdminServer(
-        config.admin.listen_host, config.admin.listen_port, config.admin.token, status, metrics
+        config.admin.listen_host,
+        config.admin.listen_port,
+        AdminSources(
+            status=status,
+            metrics=metrics,
+            jobs=store.list_jobs,
+            job=store.get_job,
+            facts=node_facts(config),
+            token=config.admin.token,
+            actions=job_actions(config),
+        ),
     )
     retention = Retention(config, store, outbox)
     return Components(store, outbox, router, worker, sender, scp, admin, metrics, errors, retention)
+
+
+def job_actions(config: Config) -> dict[str, Action]:
+    """``POST /jobs/<id>/<action>``: the same operations, and refusals, as ``ct2pet-node jobs ...``."""
+    return {
+        "retry": lambda job_id: retry_job(config, job_id),
+        "resend": lambda job_id: resend_job(config, job_id),
+        "rerun": lambda job_id: rerun_job(config, job_id),
+    }
+
+
+def node_facts(config: Config) -> NodeFacts:
+    """What the dashboard shows of the configuration beside the status report."""
+
+    def days(value: float | None) -> str:
+        return "forever" if value is None else f"{value:g} days"
+
+    kept = config.retention
+    return NodeFacts(
+        tls=config.security.tls_certificate is not None,
+        retention=f"received CT {days(kept.spool_days)}, results {days(kept.results_days)}, "
+        f"refused series {days(kept.refused_days)}",
+        listen=f"{config.admin.listen_host}:{config.admin.listen_port}",
+    )
 
 
 def load_translator(config: Config) -> Translator:

@@ -63,3 +63,13 @@ def is_host(value: str) -> bool:
         return True
     except ValueError:
         return value == "localhost" or (0 < len(value) <= 253 and " " not in value)
+
+
+def is_loopback(host: str) -> bool:
+    """Only this machine can connect: 127.0.0.0/8, ::1 or "localhost" (a name or 0.0.0.0 may be anyone)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ct2pet_node.config.checks import Checker, is_host, is_port
+from ct2pet_node.config.checks import Checker, is_host, is_loopback, is_port
 from ct2pet_node.config.model import OTHER_SOP_CLASS_POLICIES, AdminConfig, NodeConfig, SecurityConfig
 from ct2pet_node.domain.uids import is_valid_ae_title
 
@@ -139,4 +139,11 @@ def parse_admin(check: Checker) -> AdminConfig:
             check.problems.append(f'[admin] listen: {listen!r} is not "HOST:PORT", e.g. "127.0.0.1:11180"')
         else:
             port = int(port_text)
+            if not token and not is_loopback(host):
+                # The endpoint serves the node's state and takes actions: beyond loopback it is an open door.
+                check.problems.append(
+                    f"[admin] listen: {listen!r} reaches beyond loopback with no token; set [admin] token "
+                    "to a long random secret and reach the endpoint over TLS (a reverse proxy) or an SSH "
+                    'tunnel, or listen on loopback ("127.0.0.1:11180")'
+                )
     return AdminConfig(listen_host=host, listen_port=port, token=token or "")

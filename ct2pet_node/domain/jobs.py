@@ -160,6 +160,13 @@ class JobDetails:
         Retention: when the received CT / the results were removed, seconds since the epoch.
     purged : str
         Retention: which files were removed and when, as a person reads it.
+    sampling : str
+        Engine: the sampling settings the results were made with ("steps 8, eta 0, seed 0").
+    phase_seconds : tuple of (str, float)
+        Engine: seconds per phase of its run, in order: waiting (last instance to the
+        engine's claim, the quiet period included), load, translate, write.
+    written_at : float
+        Engine: when every result file was written, seconds since the epoch.
     """
 
     completed_because: str | None = None
@@ -171,6 +178,9 @@ class JobDetails:
     spool_purged_at: float | None = None
     results_purged_at: float | None = None
     purged: str | None = None
+    sampling: str | None = None
+    phase_seconds: tuple[tuple[str, float], ...] | None = None
+    written_at: float | None = None
 
     def to_json(self) -> dict[str, object]:
         """The set fields, JSON-ready."""
@@ -183,6 +193,8 @@ class JobDetails:
                 value = str(value)
             elif isinstance(value, JobState):
                 value = value.value
+            elif name == "phase_seconds":
+                value = dict(value)
             elif isinstance(value, tuple):
                 value = list(value)
             encoded[name] = value
@@ -194,6 +206,7 @@ class JobDetails:
         results_dir = data.get("results_dir")
         notes = data.get("qualification_notes")
         recovered = data.get("recovered_from")
+        phases = data.get("phase_seconds")
         return cls(
             completed_because=_text(data.get("completed_because")),
             qualification_notes=tuple(str(n) for n in notes) if isinstance(notes, list | tuple) else None,
@@ -204,6 +217,11 @@ class JobDetails:
             spool_purged_at=_number(data.get("spool_purged_at")),
             results_purged_at=_number(data.get("results_purged_at")),
             purged=_text(data.get("purged")),
+            sampling=_text(data.get("sampling")),
+            phase_seconds=tuple((str(k), float(v)) for k, v in phases.items())
+            if isinstance(phases, Mapping)
+            else None,
+            written_at=_number(data.get("written_at")),
         )
 
     def merged(self, newer: JobDetails) -> JobDetails:

@@ -26,13 +26,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
 from ct2pet_node import __version__
 from ct2pet_node.config import Config
-from ct2pet_node.service.admin import AdminServer
 from ct2pet_node.service.metrics import NodeMetrics
 from ct2pet_node.service.recent_errors import RecentErrors
 from ct2pet_node.service.recovery import recover_jobs
@@ -47,6 +46,18 @@ if TYPE_CHECKING:  # both pull in pynetdicom, which only the composition root lo
     from ct2pet_node.service.sender import Sender
 
 log = structlog.get_logger(__name__)
+
+
+class AdminListener(Protocol):
+    """What the server needs of the admin HTTP endpoint: the web room builds it, above us."""
+
+    @property
+    def address(self) -> tuple[str, int]: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
 
 # Seconds each stage may take to wind down on SIGTERM; their sum stays under
 # the systemd unit's TimeoutStopSec.
@@ -67,7 +78,7 @@ class Components:
     worker: EngineWorker
     sender: Sender
     scp: StorageScp
-    admin: AdminServer
+    admin: AdminListener
     metrics: NodeMetrics
     errors: RecentErrors
     retention: Retention

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import structlog
 
 from ct2pet_node import __version__
 from ct2pet_node.config import EngineConfig, OutputConfig
@@ -15,6 +16,9 @@ from ct2pet_node.dicom.writer import write_pet_series
 from ct2pet_node.domain.model_grid import GridMapping, ModelFrame, body_extent, plan_model_grid
 from ct2pet_node.domain.output_uids import output_series_uid
 from ct2pet_node.domain.volume import CtVolume, PetUnits, PetVolume
+from ct2pet_node.service.preview import write_previews
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +64,7 @@ def write_outputs(
     output: OutputConfig,
     reference_header: Path,
     out_root: Path,
+    preview_title: str | None = None,
 ) -> list[WrittenSeries]:
     """Write the engine's ``values`` as every configured output kind.
 
@@ -68,7 +73,9 @@ def write_outputs(
     ``output.grid`` is ``"ct"``, and by an exact re-indexing into the CT's
     pixel order when it is ``"model"``. Files go to ``out_root/<kind>/``;
     each kind's series UID derives from the CT series, the model and the
-    kind, so writing again replaces, never adds.
+    kind, so writing again replaces, never adds. With ``preview_title`` the
+    preview pictures (:mod:`ct2pet_node.service.preview`) go to
+    ``out_root/preview/`` too, labelled with it.
     """
     units = PetUnits(output_units)
     on_model_grid = PetVolume(values=values, affine=mapping.model_affine, units=units, source=ct)
@@ -87,4 +94,16 @@ def write_outputs(
     for kind in output.series:
         paths = write_pet_series(pet, kind, info, reference_header, out_root / kind)
         written.append(WrittenSeries(kind, output_series_uid(ct.series_uid, model_id, kind), tuple(paths)))
+    if preview_title is not None:
+        _preview(
+            ct, pet if output.grid == "ct" else pet_on_grid(on_model_grid, "ct"), out_root, preview_title
+        )
     return written
+
+
+def _preview(ct: CtVolume, pet_on_ct: PetVolume, out_root: Path, title: str) -> None:
+    # A picture for people to look at: the results stand without it, so its failure fails no job.
+    try:
+        write_previews(ct, pet_on_ct, out_root, title)
+    except Exception:
+        log.exception("preview_failed", series_uid=ct.series_uid)

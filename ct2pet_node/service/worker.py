@@ -225,7 +225,11 @@ class EngineWorker:
         return state
 
     def _process(self, job: Job) -> JobState:
+        # The claim stamped updated_at: from the last instance to here the job waited.
+        phases = [("waiting", max(0.0, job.updated_at - job.last_instance_at))]
+        loading = time.monotonic()
         ct = self._load_volume(job)
+        phases.append(("load", time.monotonic() - loading))
         mapping = map_to_model(ct, self.translator.frame)
         log.info(
             "model_grid_mapped", job_id=job.id, geometry=mapping.describe(), scale=round(mapping.scale, 4)
@@ -242,12 +246,21 @@ class EngineWorker:
             reused_slices=reused,
             seconds=round(elapsed, 2),
         )
+        phases.append(("translate", elapsed))
+        writing = time.monotonic()
         written = self._write(job, ct, values, mapping)
+        phases.append(("write", time.monotonic() - writing))
         self.store.set_output_series_uids(job.id, [series.series_uid for series in written])
         paths = [path for series in written for path in series.paths]
         results_dir = self.results_root / str(job.id)
         shutil.rmtree(self.work_root / str(job.id), ignore_errors=True)
-        found = JobDetails(results_dir=results_dir, geometry=mapping.describe())
+        found = JobDetails(
+            results_dir=results_dir,
+            geometry=mapping.describe(),
+            sampling=f"steps {self.sampling.steps}, eta {self.sampling.eta:g}, seed {self.sampling.seed}",
+            phase_seconds=tuple((name, round(seconds, 3)) for name, seconds in phases),
+            written_at=time.time(),
+        )
         if not self.config.destinations:
             delivery = "no destination configured: results stay in results_dir"
             return self._settle(job, JobState.DONE, None, dataclasses.replace(found, delivery=delivery))
@@ -392,6 +405,7 @@ class EngineWorker:
             output=self.config.output,
             reference_header=reference,
             out_root=self.results_root / str(job.id),
+            preview_title=f"job {job.id} · model {self.translator.model_id}",
         )
 
 

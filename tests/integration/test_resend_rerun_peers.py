@@ -75,6 +75,18 @@ class Node:
             [sys.executable, "-m", "ct2pet_node", *args, "--config", str(self.config)], timeout=60
         )
 
+    def post(self, path: str) -> int:
+        """The HTTP status the node's admin endpoint answers a POST to ``path`` with."""
+        ask = (
+            "import sys, urllib.request, urllib.error\n"
+            "request = urllib.request.Request('http://127.0.0.1:11180' + sys.argv[1], method='POST')\n"
+            "try:\n    print(urllib.request.urlopen(request, timeout=30).status)\n"
+            "except urllib.error.HTTPError as error:\n    print(error.code)\n"
+        )
+        answered = self.namespace.run([sys.executable, "-c", ask, path], timeout=60)
+        assert answered.returncode == 0, answered.stderr
+        return int(answered.stdout)
+
     def job(self) -> Job:
         with JobStore.open(self.data_dir) as store:
             [job] = store.list_jobs()
@@ -159,5 +171,16 @@ def test_resend_reaches_a_peer_added_later_and_rerun_remakes_the_same_series(
             assert node.job().output_series_uids == made
             received = {path.name for path in first.received()} | {p.name for p in second.received()}
             assert len(received) == results  # the same instances again, not a second series
+
+            # The admin endpoint offers the same operation to scripts, with the same refusals.
+            assert node.post("/jobs/1/resend") == 200
+            node.wait_until(
+                "resend over HTTP",
+                lambda: (
+                    node.job().state is JobState.DONE and _stores(first) == _stores(second) == 3 * results
+                ),
+            )
+            assert node.post("/jobs/7/resend") == 409  # no such job: refused with a reason
+            assert node.post("/jobs/1/explode") == 404
         finally:
             node.stop()

@@ -73,8 +73,10 @@ def test_a_started_node_purges_a_refused_series_on_its_own(tmp_path: Path) -> No
         _wait_for(lambda: not before_start.exists())
         while_running = refused_series("1.2.4")
         _wait_for(lambda: not while_running.exists())
+        # The file goes first, then the job's note says so: wait for the note, not just the file.
+        _wait_for(lambda: (job := store.job_for_series("1.2.4")) is not None and bool(job.details.purged))
         job = store.job_for_series("1.2.4")
-        assert job is not None and job.state is JobState.REFUSED and job.details.purged
+        assert job is not None and job.state is JobState.REFUSED
     finally:
         server.stop()
 

@@ -327,3 +327,22 @@ def test_an_idle_worker_finds_waiting_jobs_nobody_queued(tmp_path: Path, store: 
         assert worker.stop(10)
     job = store.get_job(job_id)
     assert job is not None and job.state is JobState.DONE
+
+
+def test_written_results_come_with_previews_sampling_and_seconds_per_phase(
+    tmp_path: Path, store: JobStore, ct_paths: list[Path]
+) -> None:
+    job_id = _waiting_job(store, ct_paths)
+    worker = _worker(_config(tmp_path / "data"), store, FakeTranslator())
+    before = time.time()
+    assert worker.process(job_id) is JobState.DONE
+    job = store.get_job(job_id)
+    assert job is not None and job.details.results_dir is not None
+    previews = sorted(path.name for path in (job.details.results_dir / "preview").iterdir())
+    assert previews == ["axial.png", "mip.png"]
+    eta, seed = worker.sampling.eta, worker.sampling.seed
+    assert job.details.sampling == f"steps 3, eta {eta:g}, seed {seed}"
+    phases = dict(job.details.phase_seconds or ())
+    assert list(phases) == ["waiting", "load", "translate", "write"]
+    assert all(seconds >= 0 for seconds in phases.values()) and phases["write"] > 0
+    assert job.details.written_at is not None and before <= job.details.written_at <= time.time()

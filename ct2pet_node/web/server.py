@@ -1,0 +1,79 @@
+"""uvicorn serving the admin application from a background thread of the node.
+
+The socket is bound when the server is built, so a port already in use is
+a clear error before any other part starts, and port 0 gives its real port
+at once (tests). uvicorn's own loggers go through the node's logging; it
+installs no signal handlers off the main thread, so SIGTERM stays the node's.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import structlog
+import uvicorn
+
+from ct2pet_node.errors import Ct2PetError
+from ct2pet_node.web.app import AdminSources, build_app
+
+log = structlog.get_logger(__name__)
+
+STOP_SECONDS = 5.0
+
+
+class AdminServer:
+    """The admin endpoint (status, metrics, health, dashboard, job pages, actions) on ``host:port``."""
+
+    def __init__(self, host: str, port: int, sources: AdminSources) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._socket = socket.socket(family, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self._socket.bind((host, port))
+            self._socket.listen(64)
+        except OSError as error:
+            self._socket.close()
+            raise Ct2PetError(
+                f"the admin endpoint cannot listen on {host}:{port}: {error.strerror or error}; "
+                "choose a free port in [admin] listen or stop the process using it"
+            ) from error
+        bound = self._socket.getsockname()
+        self._address = (str(bound[0]), int(bound[1]))  # still known once the socket is closed
+        config = uvicorn.Config(
+            build_app(sources),
+            log_config=None,  # the node's logging, not uvicorn's own configuration
+            log_level="warning",
+            access_log=False,  # scrapes every few seconds would drown the journal
+            lifespan="off",
+            server_header=False,
+            timeout_graceful_shutdown=2,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._serve, name="admin", daemon=True)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self._address
+
+    def _serve(self) -> None:
+        try:
+            self._server.run(sockets=[self._socket])
+        except Exception:  # the top of the thread: the node runs on without its endpoint
+            log.exception("admin_failed")
+
+    def start(self) -> None:
+        address = self.address
+        self._thread.start()
+        deadline = time.monotonic() + STOP_SECONDS
+        while not self._server.started and self._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        log.info("admin_listening", host=address[0], port=address[1])
+
+    def stop(self) -> None:
+        """Stop serving and close the socket; safe to call when never started."""
+        if self._thread.is_alive():
+            self._server.should_exit = True
+            self._thread.join(timeout=STOP_SECONDS)
+        self._socket.close()

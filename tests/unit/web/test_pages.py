@@ -1,0 +1,77 @@
+"""The dashboard's and job page's HTML: everything escaped, nothing fetched from elsewhere."""
+
+from __future__ import annotations
+
+import re
+
+from ct2pet_node.domain.jobs import Job, JobDetails, JobState
+from ct2pet_node.domain.uids import SeriesUid, StudyUid
+from ct2pet_node.service.status import StatusReport
+from ct2pet_node.web.job_page import job_page
+from ct2pet_node.web.pages import NodeFacts, dashboard
+
+HOSTILE = '<script>alert("x")</script>'
+NOW = 1_800_000_000.0
+FACTS = NodeFacts(tls=True, retention="results 30 days", listen="127.0.0.1:11180")
+
+
+def _report() -> StatusReport:
+    return StatusReport.from_json(
+        {
+            "version": "0.1.0",
+            "ae_title": "CT2PET",
+            "port": 11112,
+            "model": {"id": "demo", "output_units": "SUVbw", "device": "cpu", "steps": 10, "eta": 0.0},
+            "jobs": {"refused": 1},
+            "destinations": [{"name": "pacs", "address": "PACS@10.0.0.5:104", "pending": 3, "dead": 1}],
+            "dead_letters": [{"job_id": 1, "destination": "pacs", "last_error": f"peer said {HOSTILE}"}],
+            "last_errors": [{"time": NOW, "level": "warning", "logger": "x", "event": "send_failed"}],
+            "listener": {"associations_rejected": {"calling_ae_title": 2}},
+            "disk": {"data_dir_free_mb": 900.0, "min_free_mb": 1024, "warn_free_mb": 10240, "warning": "low"},
+        }
+    )
+
+
+def _job(state: JobState = JobState.REFUSED) -> Job:
+    return Job(
+        1,
+        StudyUid("1.2.3"),
+        SeriesUid("1.2.3.4"),
+        state,
+        f"only 3 slices {HOSTILE}",
+        3,
+        (),
+        NOW,
+        NOW,
+        NOW,
+        details=JobDetails(completed_because=HOSTILE),
+    )
+
+
+def _external_references(html: str) -> list[str]:
+    urls = re.findall(r'(?:src|href)="([^"]+)"', html)
+    return [url for url in urls if not url.startswith("/")]
+
+
+def test_dashboard_shows_every_part_and_escapes_what_it_was_told() -> None:
+    html = dashboard(_report(), [_job()], FACTS, NOW)
+    assert HOSTILE not in html and "&lt;script&gt;" in html
+    for shown in ("CT2PET on port 11112, TLS on", "SUVbw", "PACS@10.0.0.5:104", "calling_ae_title: 2", "low"):
+        assert shown in html
+    assert '<a href="/jobs/1">job 1</a>' in html and "state-refused" in html and "only 3 slices" in html
+    assert 'http-equiv="refresh"' in html and "<script" not in html
+    assert _external_references(html) == []
+
+
+def test_an_empty_node_says_so() -> None:
+    html = dashboard(StatusReport.from_json({}), [], FACTS, NOW)
+    assert "no job yet" in html and "none configured" in html
+
+
+def test_job_page_without_previews_says_why_and_a_finished_job_stops_reloading() -> None:
+    html = job_page(_report(), _job(), [], NOW)
+    assert HOSTILE not in html and "no preview for this job" in html and "<img" not in html
+    assert 'http-equiv="refresh"' not in html
+    running = job_page(_report(), _job(JobState.PROCESSING), [], NOW)
+    assert "no preview yet" in running and 'http-equiv="refresh"' in running
+    assert _external_references(html) == []
