@@ -9,16 +9,18 @@ with_tests=0
 [ "${1:-}" = "--test" ] && with_tests=1
 
 if [ "$with_tests" = 1 ]; then
-    # Real peers: dcmtk (storescu/storescp/echoscu and codecs), Orthanc (a PACS), dicom3tools (dciodvfy);
+    # Real peers: dcmtk (storescu/storescp/echoscu and codecs), Orthanc (a PACS, DICOMweb too), dicom3tools (dciodvfy);
     # Chromium and its driver look at the dashboard (tests/integration/test_dashboard_browser.py).
     missing=()
     for tool in storescu dcmcjpls Orthanc dciodvfy unshare ip chromium chromedriver; do
         command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
     done
+    # Orthanc's DICOMweb plugin: the PACS the DICOMweb destination, source and receiver tests talk to.
+    [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing+=(orthanc-dicomweb)
     if [ ${#missing[@]} -gt 0 ]; then
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq
-        apt-get install -y -qq --no-install-recommends dcmtk orthanc dicom3tools iproute2 util-linux \
+        apt-get install -y -qq --no-install-recommends dcmtk orthanc orthanc-dicomweb dicom3tools iproute2 util-linux \
             chromium chromium-driver >/dev/null
     fi
 fi

@@ -10,6 +10,7 @@ with its key and its fix instead of stopping at the first.
 reading and merging. Import from here: this package's names are its API.
 """
 
+from ct2pet_node.config.dicomweb import DicomwebEndpoint, DicomwebListener
 from ct2pet_node.config.engine_ray import BACKENDS, RAY_FALLBACKS, RayConfig
 from ct2pet_node.config.load import DEFAULT_CONFIG_PATH, load_config, parse_config
 from ct2pet_node.config.model import (
@@ -21,8 +22,10 @@ from ct2pet_node.config.model import (
     ENGINE_SWITCHES,
     OTHER_SOP_CLASS_POLICIES,
     OUTPUT_KINDS,
+    PEER_TYPES,
     PRECISIONS,
     PROJECT_ROOT,
+    RETRIEVE_METHODS,
     WEIGHTS_ROOT,
     AdminConfig,
     Config,
@@ -34,6 +37,7 @@ from ct2pet_node.config.model import (
     RetentionConfig,
     RoutingConfig,
     SecurityConfig,
+    Source,
 )
 from ct2pet_node.errors import ConfigError
 
@@ -48,15 +52,19 @@ __all__ = [
     "ENGINE_SWITCHES",
     "OTHER_SOP_CLASS_POLICIES",
     "OUTPUT_KINDS",
+    "PEER_TYPES",
     "PRECISIONS",
     "PROJECT_ROOT",
     "RAY_FALLBACKS",
+    "RETRIEVE_METHODS",
     "WEIGHTS_ROOT",
     "AdminConfig",
     "Config",
     "ConfigError",
     "DeliveryConfig",
     "Destination",
+    "DicomwebEndpoint",
+    "DicomwebListener",
     "EngineConfig",
     "NodeConfig",
     "OutputConfig",
@@ -64,6 +72,7 @@ __all__ = [
     "RetentionConfig",
     "RoutingConfig",
     "SecurityConfig",
+    "Source",
     "load_config",
     "parse_config",
 ]

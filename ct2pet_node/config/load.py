@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from ct2pet_node.config.checks import Checker
+from ct2pet_node.config.dicomweb import parse_dicomweb_listener
 from ct2pet_node.config.engine import parse_engine, parse_output
 from ct2pet_node.config.model import PROJECT_ROOT, Config
 from ct2pet_node.config.node import parse_admin, parse_node, parse_security
+from ct2pet_node.config.peers import parse_destinations, parse_sources
 from ct2pet_node.config.retention import check_warning_above_watermark, parse_retention
-from ct2pet_node.config.routing import parse_delivery, parse_destinations, parse_routing
+from ct2pet_node.config.routing import parse_delivery, parse_routing
 from ct2pet_node.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "config" / "ct2pet-node.toml"
@@ -83,6 +85,8 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
         "delivery",
         "admin",
         "retention",
+        "sources",
+        "dicomweb",
     }
     for key in sorted(set(raw) - known):
         check.problems.append(f"{key}: unknown table; known tables are {', '.join(sorted(known))}")
@@ -97,6 +101,8 @@ def parse_config(raw: Mapping[str, Any], source: Path | None = None) -> Config:
         source=source,
         delivery=parse_delivery(check),
         retention=parse_retention(check),
+        sources=parse_sources(check),
+        dicomweb=parse_dicomweb_listener(check),
     )
     check_warning_above_watermark(check, config.retention, config.node.min_free_mb)
     if check.problems:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ct2pet_node.config.dicomweb import DicomwebEndpoint, DicomwebListener
 from ct2pet_node.config.engine_ray import RayConfig
 from ct2pet_node.errors import ConfigError
 
@@ -29,6 +30,10 @@ CUDA_ONLY_PRECISIONS = ("tf32", "float16")
 # (ct2pet_node/engine/options.py), so a config moved between a GPU and a CPU host stays right.
 ENGINE_SWITCHES = ("channels_last", "compile", "cuda_graphs", "overlap")
 ENGINE_COUNTS = ("batch_size", "decode_batch_size", "threads")
+# How a [[destinations]] or [[sources]] peer is spoken to: DIMSE (the default) or DICOMweb.
+PEER_TYPES = ("dimse", "dicomweb")
+# How a DIMSE source hands a study over: C-MOVE to the node's own SCP, or C-GET on the query's association.
+RETRIEVE_METHODS = ("c-move", "c-get")
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,10 +153,35 @@ class OutputConfig:
 
 @dataclass(frozen=True, slots=True)
 class Destination:
+    """One ``[[destinations]]`` table: a DIMSE peer (AE title, host, port) or a DICOMweb endpoint."""
+
     name: str
-    ae_title: str
-    host: str
-    port: int
+    ae_title: str = ""
+    host: str = ""
+    port: int = 0
+    type: str = "dimse"
+    dicomweb: DicomwebEndpoint | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One ``[[sources]]`` table: a PACS the node pulls studies from on demand (``ct2pet-node fetch``).
+
+    Attributes
+    ----------
+    retrieve : str
+        One of :data:`RETRIEVE_METHODS`, for a DIMSE source.
+    dicomweb : DicomwebEndpoint or None
+        Set for a DICOMweb source (QIDO-RS to find, WADO-RS to retrieve).
+    """
+
+    name: str
+    type: str = "dimse"
+    ae_title: str = ""
+    host: str = ""
+    port: int = 0
+    retrieve: str = "c-move"
+    dicomweb: DicomwebEndpoint | None = None
 
 
 # routing.delivery.DEFAULT_SCHEDULE: about 24 hours of trying before a dead letter.
@@ -222,6 +252,8 @@ class Config:
     source: Path | None
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    sources: tuple[Source, ...] = ()
+    dicomweb: DicomwebListener = field(default_factory=DicomwebListener)
 
     def destination(self, name: str) -> Destination:
         for destination in self.destinations:
@@ -229,3 +261,10 @@ class Config:
                 return destination
         known = ", ".join(d.name for d in self.destinations) or "none configured"
         raise ConfigError([f"[[destinations]]: no destination named {name!r} (known: {known})"])
+
+    def source_named(self, name: str) -> Source:
+        for source in self.sources:
+            if source.name == name:
+                return source
+        known = ", ".join(s.name for s in self.sources) or "none configured"
+        raise ConfigError([f"[[sources]]: no source named {name!r} (known: {known})"])

@@ -1,18 +1,14 @@
-"""Where series come from and results go: ``[routing]``, ``[[destinations]]`` and ``[delivery]``."""
+"""When a series is complete and how results are delivered: ``[routing]`` and ``[delivery]``."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
-from ct2pet_node.config.checks import Checker, is_host, is_port
+from ct2pet_node.config.checks import Checker
 from ct2pet_node.config.model import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_RETRY_DELAYS_SECONDS,
     DeliveryConfig,
-    Destination,
     RoutingConfig,
 )
-from ct2pet_node.domain.uids import is_valid_ae_title
 
 
 def parse_routing(check: Checker) -> RoutingConfig:
@@ -33,28 +29,6 @@ def parse_routing(check: Checker) -> RoutingConfig:
         max_gantry_tilt_degrees=float(tilt or 0),
         slice_spacing_tolerance_mm=float(tolerance or 0),
     )
-
-
-def parse_destinations(check: Checker) -> tuple[Destination, ...]:
-    raw = check.raw.get("destinations", [])
-    if not isinstance(raw, list):
-        check.problems.append("[[destinations]]: must be an array of tables ([[destinations]])")
-        return ()
-    destinations: list[Destination] = []
-    for index, table in enumerate(raw):
-        where = f"[[destinations]] #{index + 1}"
-        if not isinstance(table, Mapping):
-            check.problems.append(f"{where}: must be a table")
-            continue
-        check.unknown_keys(where, table, set(Destination.__slots__))
-        name = check.get(where, table, "name", str, bool, "a short unique name")
-        ae = check.get(where, table, "ae_title", str, is_valid_ae_title, "the PACS's AE title")
-        host = check.get(where, table, "host", str, is_host, "the PACS's address")
-        port = check.get(where, table, "port", int, is_port, "the PACS's DICOM port")
-        if name is not None and any(d.name == name for d in destinations):
-            check.problems.append(f"{where} name: {name!r} is used twice; names must be unique")
-        destinations.append(Destination(name=name or "", ae_title=ae or "", host=host or "", port=port or 0))
-    return tuple(destinations)
 
 
 def parse_delivery(check: Checker) -> DeliveryConfig:
