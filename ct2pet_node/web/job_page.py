@@ -38,7 +38,7 @@ def job_page(report: StatusReport, job: Job, previews: Sequence[str], now: float
         header(report, f"job {job.id}", now)
         + "<main>"
         + f'<section class="wide"><h2>Job {job.id} {state_badge(job.state)}</h2>{_reason(job)}{pictures}</section>'
-        + f"<section><h2>Series</h2>{_series(job)}</section>"
+        + f"<section><h2>Series</h2>{_series(report, job)}</section>"
         + f"<section><h2>Timings</h2>{_timings(job)}</section>"
         + f'<section class="wide"><h2>Details</h2>{_details(job)}</section>'
         + "</main>"
@@ -59,7 +59,7 @@ def _why_no_preview(job: Job) -> str:
     return "no preview for this job"
 
 
-def _series(job: Job) -> str:
+def _series(report: StatusReport, job: Job) -> str:
     outputs = "<br>".join(f'<span class="uid">{escape(uid)}</span>' for uid in job.output_series_uids) or "–"
     rows = [
         ("study", f'<span class="uid">{escape(job.study_uid)}</span>'),
@@ -69,7 +69,7 @@ def _series(job: Job) -> str:
         ("sampling", escape(job.details.sampling or "–")),
         ("model grid", escape(job.details.geometry or "–")),
         ("attempts", str(job.attempts)),
-        ("progress", job_progress(job)),
+        ("progress", job_progress(report, job.id)),
     ]
     return table(rows)
 

@@ -15,6 +15,7 @@ from html import escape
 from typing import Any
 
 from ct2pet_node.domain.jobs import Job, JobState
+from ct2pet_node.service.progress import JobProgress
 from ct2pet_node.service.status import StatusReport
 from ct2pet_node.web.throughput import bars_svg, hours_of_work, legend_html, phases_svg
 
@@ -128,7 +129,7 @@ def dashboard(report: StatusReport, jobs: Sequence[Job], facts: NodeFacts, now: 
         _destinations(report),
         _problems(report),
         _charts(jobs, now),
-        _jobs(jobs, now),
+        _jobs(report, jobs, now),
     ]
     return page(
         f"ct2pet-node {report.ae_title}",
@@ -151,6 +152,8 @@ def _node(report: StatusReport, facts: NodeFacts) -> str:
         ("output units", escape(model.output_units)),
         ("device", escape(model.device)),
         ("sampling", f"{model.steps} steps{eta}"),
+        # The cluster's own line (actors, reachability, jobs waiting for it); the local engine has none.
+        ("engine", escape(report.engine) if report.engine else "local, this host"),
         ("current job", "–" if report.current_job is None else _job_link(report.current_job)),
         (
             "jobs",
@@ -250,8 +253,23 @@ def _problems(report: StatusReport) -> str:
             ),
         ]
     )
+    recent = table(
+        (
+            (
+                when(r.get("time")),
+                escape(str(r.get("reason") or "")),
+                escape(f"{r.get('calling_ae') or '?'} -> {r.get('called_ae') or '?'}"),
+                escape(str(r.get("peer") or "")),
+            )
+            for r in reversed(listener.get("recent_rejections") or [])
+            if isinstance(r, Mapping)
+        ),
+        ("when", "reason", "calling -> called AE", "from"),
+    )
+    recent_part = recent if listener.get("recent_rejections") else ""
     return (
-        f'<section class="wide"><h2>Last errors</h2>{errors}<h2>Rejected associations</h2>{counts}</section>'
+        f'<section class="wide"><h2>Last errors</h2>{errors}<h2>Rejected associations</h2>{counts}'
+        f"{recent_part}</section>"
     )
 
 
@@ -276,15 +294,16 @@ def _job_link(job_id: int) -> str:
     return f'<a href="/jobs/{job_id}">job {job_id}</a>'
 
 
-def job_progress(job: Job) -> str:
-    """The job's progress as the job JSON carries it (when this node reports one), else a dash."""
-    progress = job.to_json().get("progress")
-    if not isinstance(progress, Mapping) or not progress:
-        return "–"
-    return escape(", ".join(f"{k} {v}" for k, v in progress.items() if v is not None))
+def job_progress(report: StatusReport, job_id: int) -> str:
+    """The job's progress and estimated finish, as ``status`` says it, for a job in progress; else a dash."""
+    for active in report.active_jobs:
+        if active.get("id") == job_id:
+            progress = JobProgress.from_json(active.get("progress"))
+            return escape(progress.describe()) if progress.phase is not None else "–"
+    return "–"
 
 
-def _jobs(jobs: Sequence[Job], now: float) -> str:
+def _jobs(report: StatusReport, jobs: Sequence[Job], now: float) -> str:
     shown = list(reversed(jobs[-JOBS_SHOWN:]))
     rows = []
     for job in shown:
@@ -296,7 +315,7 @@ def _jobs(jobs: Sequence[Job], now: float) -> str:
                 escape(job.reason or ""),
                 f'<span class="uid">{escape(job.series_uid)}</span>',
                 str(job.n_instances),
-                job_progress(job),
+                job_progress(report, job.id),
                 when(job.created_at),
                 when(job.last_instance_at),
                 when(job.details.written_at),

@@ -75,3 +75,39 @@ def test_job_page_without_previews_says_why_and_a_finished_job_stops_reloading()
     running = job_page(_report(), _job(JobState.PROCESSING), [], NOW)
     assert "no preview yet" in running and 'http-equiv="refresh"' in running
     assert _external_references(html) == []
+
+
+def test_dashboard_shows_progress_with_its_finish_the_engine_and_each_recent_rejection() -> None:
+    raw = _report().to_json()
+    raw["active_jobs"] = [
+        {
+            "id": 1,
+            "state": "processing",
+            "series_uid": "1.2.3.4",
+            "progress": {
+                "phase": "translating",
+                "slices_done": 40,
+                "slices_total": 100,
+                "estimated_finish": "2027-01-15T08:00:00Z",
+            },
+        }
+    ]
+    raw["engine"] = "engine cluster 127.0.0.1:6379: 2 actors"
+    raw["listener"] = {
+        "recent_rejections": [
+            {
+                "time": NOW,
+                "reason": "calling AE not allowed",
+                "calling_ae": "EVIL",
+                "called_ae": "CT2PET",
+                "peer": "10.9.9.9",
+            }
+        ]
+    }
+    report = StatusReport.from_json(raw)
+    html = dashboard(report, [_job(JobState.PROCESSING)], FACTS, NOW)
+    assert "translating: 40 of 100 slices, estimated finish 2027-01-15T08:00:00Z" in html
+    assert "engine cluster 127.0.0.1:6379: 2 actors" in html
+    assert "calling AE not allowed" in html and "EVIL -&gt; CT2PET" in html and "10.9.9.9" in html
+    assert "estimated finish 2027-01-15T08:00:00Z" in job_page(report, _job(JobState.PROCESSING), [], NOW)
+    assert "local, this host" in dashboard(_report(), [], FACTS, NOW)
