@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 
 import structlog
+from pynetdicom.association import Association
 from pynetdicom.events import Event
 
 from ct2pet_node.domain.records import AssociationReleased
@@ -25,8 +26,9 @@ class AssociationDeliveries:
     """Instances stored per open association; its ``on_*`` methods are pynetdicom event handlers.
 
     Association threads add to their own entry while others end, so every
-    method takes the lock. Associations are told apart by ``id()``: an entry
-    is dropped when its association ends, before the id can be reused.
+    method takes the lock. An entry goes at EVT_RELEASED or EVT_ABORTED (a
+    dropped connection or a timeout is an abort in pynetdicom); one whose
+    thread ended without either is swept when another association begins.
 
     Parameters
     ----------
@@ -43,15 +45,25 @@ class AssociationDeliveries:
         self._on_released = on_released
         self._clock = clock
         self._lock = threading.Lock()
-        self._open: dict[int, dict[SeriesUid, set[SopInstanceUid]]] = {}
+        # id(association) -> (the association, so a dead one can be swept; its instances by series)
+        self._open: dict[int, tuple[Association, dict[SeriesUid, set[SopInstanceUid]]]] = {}
 
-    def stored(self, association: object, series_uid: SeriesUid, sop_instance_uid: SopInstanceUid) -> None:
+    def stored(
+        self, association: Association, series_uid: SeriesUid, sop_instance_uid: SopInstanceUid
+    ) -> None:
         """``association`` has stored one new instance of ``series_uid``."""
         if self._on_released is None:
             return
         with self._lock:
-            series = self._open.setdefault(id(association), {})
-            series.setdefault(series_uid, set()).add(sop_instance_uid)
+            entry = self._open.get(id(association))
+            if entry is None:
+                self._sweep()
+                entry = self._open[id(association)] = (association, {})
+            entry[1].setdefault(series_uid, set()).add(sop_instance_uid)
+
+    def _sweep(self) -> None:
+        for key in [key for key, (association, _) in self._open.items() if not association.is_alive()]:
+            del self._open[key]
 
     def open_associations(self) -> int:
         """Associations that have stored something and not yet ended."""
@@ -61,9 +73,10 @@ class AssociationDeliveries:
     def on_released(self, event: Event) -> None:
         """EVT_RELEASED: tell ``on_released`` what the association stored; never raises."""
         with self._lock:
-            delivered = self._open.pop(id(event.assoc), None)
-        if not delivered or self._on_released is None:
+            entry = self._open.pop(id(event.assoc), None)
+        if entry is None or self._on_released is None:
             return
+        delivered = entry[1]
         release = AssociationReleased(
             AeTitle(event.assoc.requestor.ae_title),
             self._clock(),
@@ -74,7 +87,7 @@ class AssociationDeliveries:
         except Exception:  # a pynetdicom thread: its series still complete by the quiet rule
             log.exception("notify_released_failed", assoc_id=event.assoc.native_id)
 
-    def on_ended(self, event: Event) -> None:
-        """EVT_ABORTED and EVT_CONN_CLOSE: forget the association (gone already after a release)."""
+    def on_aborted(self, event: Event) -> None:
+        """EVT_ABORTED: forget the association; its series complete by the quiet rule."""
         with self._lock:
             self._open.pop(id(event.assoc), None)

@@ -205,8 +205,7 @@ class StorageScp:
             (evt.EVT_ACCEPTED, self._gate.on_accepted),
             (evt.EVT_REJECTED, self._gate.on_rejected),
             (evt.EVT_ABORTED, self._handle_aborted),
-            (evt.EVT_ABORTED, self._deliveries.on_ended),
-            (evt.EVT_CONN_CLOSE, self._deliveries.on_ended),
+            (evt.EVT_ABORTED, self._deliveries.on_aborted),
             (evt.EVT_RELEASED, self._deliveries.on_released),
             (evt.EVT_PDU_RECV, pdu_guard(self._max_instance_bytes, CT_STORAGE_SOP_CLASSES)),
         ]

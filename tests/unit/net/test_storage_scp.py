@@ -211,10 +211,16 @@ def test_a_clean_release_reports_what_the_association_stored_and_an_abort_nothin
     aborted = harness.associate()
     assert aborted.send_c_store(ct_dataset(3)).Status == SUCCESS
     aborted.abort()
+    dropped = harness.associate()
+    assert dropped.send_c_store(ct_dataset(4)).Status == SUCCESS
+    connection = dropped.dul.socket.socket
+    connection.shutdown(socket.SHUT_RDWR)  # the connection drops: no release, no abort PDU
+    wait_for(lambda: not dropped.is_alive())
+    connection.close()
     echo_only = harness.associate(contexts=(Verification,))
     echo_only.release()
     wait_for(lambda: harness.scp._server is not None and not harness.scp._server.active_associations)
-    assert len(harness.released) == 1  # neither the abort nor an association that stored nothing
+    assert len(harness.released) == 1  # neither the abort, the drop nor an association that stored nothing
     assert harness.scp._deliveries.open_associations() == 0
 
 
