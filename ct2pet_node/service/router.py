@@ -2,16 +2,16 @@
 
 It takes stored-instance notifications from the storage SCP, parses each
 spooled file's header (off the association thread), and every tick decides
-for each RECEIVED job whether its series is complete.
+for each RECEIVED job whether its series is complete. A complete series is
+qualified and moves to WAITING (and onto the engine queue) or to REFUSED
+with the reason kept in the job store.
 
 The SCP also says when an association is released cleanly and which
 instances it stored. A series all of whose instances so far came in that one
 association may complete ``settle_after_release_seconds`` after the release
 (:func:`~ct2pet_node.routing.completion.decide_completion`); an instance from
 any other association, before or after, leaves it to the quiet rule. Releases
-are held in memory only: after a restart the quiet rule completes the series. A complete series is
-qualified and moves to WAITING (and onto the engine queue) or to REFUSED
-with the reason kept in the job store.
+are held in memory only: after a restart the quiet rule completes the series.
 
 The job store is the truth; notifications are only hints. Each tick the
 router compares what it has parsed with the job's instance count in the
@@ -70,9 +70,7 @@ class _SeriesState:
 
     def brought_by(self, delivered: frozenset[SopInstanceUid]) -> bool:
         """Whether every instance parsed so far is one of ``delivered`` (one association's)."""
-        return all(uid in delivered for uid in self.headers) and all(
-            uid in delivered for uid in self.problems
-        )
+        return delivered.issuperset(self.headers) and delivered.issuperset(self.problems)
 
 
 @dataclass(frozen=True, slots=True)
