@@ -15,16 +15,20 @@ the node's JSON log (``instance_stored``, ``series_complete``,
 ``output_series_written``, ``delivery_queued``, ``delivery_done``); the final
 moment from polling Orthanc's REST API (``/series?expand``) every 0.2 s, from
 the end of the translation on, until every output series the node wrote holds
-every instance. The completion wait
-(``[routing] series_quiet_seconds``, 30 s embedded; the sample carries no
-ImagesInAcquisition, so only the quiet rule completes it) is part of what a
-PACS administrator sees, so the total is printed with and without it.
+every instance. The completion wait is part of what a PACS administrator
+sees, so the total is printed with and without it: the sample carries no
+ImagesInAcquisition, so geometry cannot prove it whole, but it comes in one
+association with no gap, so it completes ``[routing]
+settle_after_release_seconds`` (3 s embedded) after storescu releases;
+``--settle-seconds 0`` measures the quiet rule's wait instead
+(``series_quiet_seconds``, 30 s embedded).
 
 Exits 1 when something fails (an instance not acknowledged, the series
 refused, a job FAILED, an output missing at Orthanc), 2 when it cannot run
 here (no sample, no Orthanc, no storescu, no network namespaces).
 
-Run: ``python benchmarks/e2e.py [--slices N] [--quiet-seconds S] [--max-seconds 3600] [--json PATH]``
+Run: ``python benchmarks/e2e.py [--slices N] [--quiet-seconds S] [--settle-seconds S] [--max-seconds 3600]
+[--json PATH]``
 """
 
 from __future__ import annotations
@@ -75,15 +79,22 @@ def sample_in_position_order(ct_dir: Path) -> list[Path]:
     return [path for _, path in sorted(keyed)]
 
 
-def write_config(path: Path, data_dir: Path, orthanc: OrthancPeer, quiet_seconds: float | None) -> Config:
+def write_config(
+    path: Path,
+    data_dir: Path,
+    orthanc: OrthancPeer,
+    quiet_seconds: float | None,
+    settle_seconds: float | None = None,
+) -> Config:
     """The node's file: only what the setup must change; everything else is the embedded default."""
     text = (
         f"[node]\ndata_dir = {json.dumps(str(data_dir))}\n"
         f'[[destinations]]\nname = "pacs"\nae_title = {json.dumps(orthanc.ae_title)}\n'
         f'host = "127.0.0.1"\nport = {orthanc.dicom_port}\n'
     )
-    if quiet_seconds is not None:
-        text += f"[routing]\nseries_quiet_seconds = {quiet_seconds}\n"
+    routing = {"series_quiet_seconds": quiet_seconds, "settle_after_release_seconds": settle_seconds}
+    if any(value is not None for value in routing.values()):
+        text += "[routing]\n" + "".join(f"{k} = {v}\n" for k, v in routing.items() if v is not None)
     path.write_text(text)
     return load_config(path)
 
@@ -183,11 +194,14 @@ def wait_until_stored(
 def run(args: argparse.Namespace, paths: list[Path], work: Path) -> Figures:
     deadline = time.time() + args.max_seconds
     with NetNamespace() as namespace, OrthancPeer(namespace, work / "orthanc") as orthanc:
-        config = write_config(work / "node.toml", work / "data", orthanc, args.quiet_seconds)
+        config = write_config(
+            work / "node.toml", work / "data", orthanc, args.quiet_seconds, args.settle_seconds
+        )
         figures = Figures(
             slices=len(paths),
             quiet_seconds=config.routing.series_quiet_seconds,
             quiet_overridden=args.quiet_seconds is not None,
+            settle_seconds=config.routing.settle_after_release_seconds,
             output_kinds=config.output.series,
         )
         log = NodeLog(work / "node.log")
@@ -221,6 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slices", type=int, default=0, help="first N instances in position order; 0: all")
     parser.add_argument(
         "--quiet-seconds", type=float, default=None, help="override [routing] series_quiet_seconds"
+    )
+    parser.add_argument(
+        "--settle-seconds",
+        type=float,
+        default=None,
+        help="override [routing] settle_after_release_seconds (0: the quiet rule only)",
     )
     parser.add_argument("--max-seconds", type=float, default=3600, help="bound on the whole run")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")

@@ -67,8 +67,8 @@ def _components(
 
     translator = translator or load_translator(config)
     engine_queue = InProcessQueue()
-    router = Router(store, engine_queue, config.routing)
     progress = ProgressBoard()  # per-slice and per-instance progress: in memory, never in the store
+    router = Router(store, engine_queue, config.routing, progress=progress)
     sender = Sender(
         outbox,
         config.destinations,
@@ -92,6 +92,7 @@ def _components(
         store,
         on_stored,
         metrics=metrics,
+        on_released=router.notify_released,
     )
     # Values whose truth is on disk are read at scrape time, so a restart does not zero them.
     metrics.jobs.read_from(lambda: {state.value: n for state, n in store.counts_by_state().items()})

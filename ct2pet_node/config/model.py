@@ -113,6 +113,8 @@ class RoutingConfig:
     min_slices: int
     max_gantry_tilt_degrees: float
     slice_spacing_tolerance_mm: float
+    # Defaulted so code that builds routing rules for qualification alone need not name it.
+    settle_after_release_seconds: float = 3.0
 
 
 @dataclass(frozen=True, slots=True)

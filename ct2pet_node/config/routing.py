@@ -23,11 +23,15 @@ def parse_routing(check: Checker) -> RoutingConfig:
     tolerance = check.get(
         "[routing]", table, "slice_spacing_tolerance_mm", number, lambda v: v > 0, "millimetres, above 0"
     )
+    settle = check.get(
+        "[routing]", table, "settle_after_release_seconds", number, lambda v: v >= 0, "seconds, 0 or more"
+    )
     return RoutingConfig(
         series_quiet_seconds=float(quiet or 0),
         min_slices=min_slices or 0,
         max_gantry_tilt_degrees=float(tilt or 0),
         slice_spacing_tolerance_mm=float(tolerance or 0),
+        settle_after_release_seconds=float(settle or 0),
     )
 
 

@@ -8,6 +8,7 @@ off the association thread.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,27 @@ class InstanceRecord:
     calling_ae_title: AeTitle
     path: Path
     received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AssociationReleased:
+    """A sender released its association cleanly, and what it stored in it.
+
+    An aborted or dropped association has no such value: only a release says
+    the sender finished what it meant to send.
+
+    Attributes
+    ----------
+    released_at : float
+        Seconds since the epoch (wall clock, as ``InstanceRecord.received_at``).
+    delivered : mapping of SeriesUid to frozenset of SopInstanceUid
+        The instances newly stored in this association, by series (re-sent
+        duplicates are not in it: they were stored before).
+    """
+
+    calling_ae_title: AeTitle
+    released_at: float
+    delivered: Mapping[SeriesUid, frozenset[SopInstanceUid]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,7 +40,7 @@ from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.events import Event
 
 from ct2pet_node.config import NodeConfig, SecurityConfig
-from ct2pet_node.domain.records import InstanceRecord
+from ct2pet_node.domain.records import AssociationReleased, InstanceRecord
 from ct2pet_node.domain.uids import AeTitle, Uid
 from ct2pet_node.errors import OutOfSpace, StorageError
 from ct2pet_node.net import tls
@@ -51,6 +51,7 @@ from ct2pet_node.net.contexts import (
     VERIFICATION_SOP_CLASS,
     storage_sop_classes,
 )
+from ct2pet_node.net.deliveries import AssociationDeliveries
 from ct2pet_node.net.guards import GuardedAssociationServer, OversizedDataSet, pdu_guard
 from ct2pet_node.net.limits import AssociationGate, AssociationLimits
 from ct2pet_node.net.store_header import (
@@ -103,6 +104,9 @@ class StorageScp:
     on_stored : callable
         Called with each newly stored :class:`InstanceRecord` (the router's
         ``notify``); must not block. Not called for a re-sent instance.
+    on_released : callable or None
+        Given what an association stored when the sender releases it
+        cleanly (the router's ``notify_released``); must not block.
     max_associations : int or None
         Overrides ``node.max_associations`` (associations at once; more are
         rejected, transient). Per peer: ``security.max_associations_per_peer``.
@@ -126,10 +130,12 @@ class StorageScp:
         address: tuple[str, int] | None = None,
         tcp_nodelay: bool = True,
         clock: Callable[[], float] = time.time,
+        on_released: Callable[[AssociationReleased], None] | None = None,
     ) -> None:
         self._spool = spool
         self._store = store
         self._on_stored = on_stored
+        self._deliveries = AssociationDeliveries(on_released, clock)
         self._clock = clock
         self._address = address or (node.host, node.port)
         self._tcp_nodelay = tcp_nodelay
@@ -199,6 +205,8 @@ class StorageScp:
             (evt.EVT_ACCEPTED, self._gate.on_accepted),
             (evt.EVT_REJECTED, self._gate.on_rejected),
             (evt.EVT_ABORTED, self._handle_aborted),
+            (evt.EVT_ABORTED, self._deliveries.on_aborted),
+            (evt.EVT_RELEASED, self._deliveries.on_released),
             (evt.EVT_PDU_RECV, pdu_guard(self._max_instance_bytes, CT_STORAGE_SOP_CLASSES)),
         ]
         self._spool.sweep_partial_files()  # a crash mid-write left them; never acknowledged
@@ -346,6 +354,7 @@ class StorageScp:
             transfer_syntax=record.transfer_syntax_uid,
             size=len(meta) + len(stream),
         )
+        self._deliveries.stored(event.assoc, record.series_uid, record.sop_instance_uid)
         try:
             self._on_stored(record)
         except Exception:  # the instance is safe on disk and recorded; the router re-reads the store

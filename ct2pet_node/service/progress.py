@@ -38,6 +38,10 @@ class JobProgress:
     ----------
     seconds_to_quiet : float or None
         Seconds until ``[routing] series_quiet_seconds`` of silence completes the series.
+    seconds_to_settle : float or None
+        Seconds until the settle rule completes the series (its one association
+        was released, its stack has no gap: ``[routing] settle_after_release_seconds``);
+        None where that rule does not apply, or where only the store was asked.
     estimated_finish : str or None
         When the translation should end, ISO 8601 UTC, from the rate of the slices
         translated so far (checkpointed slices read back do not count towards the rate).
@@ -48,6 +52,7 @@ class JobProgress:
     phase: str | None = None
     instances_received: int | None = None
     seconds_to_quiet: float | None = None
+    seconds_to_settle: float | None = None
     slices_done: int | None = None
     slices_total: int | None = None
     estimated_finish: str | None = None
@@ -65,8 +70,10 @@ class JobProgress:
     def describe(self) -> str:
         """One line for people, e.g. "translating: 48 of 247 slices, finish 2026-01-01T10:00:00Z"."""
         if self.phase == RECEIVING:
-            quiet = self.seconds_to_quiet
+            quiet, settle = self.seconds_to_quiet, self.seconds_to_settle
             due = "" if quiet is None else f", quiet rule completes it in {quiet:.0f} s"
+            if settle is not None:
+                due = f", association released: completes in {settle:.0f} s unless more arrives"
             return f"receiving: {self.instances_received} instances so far{due}"
         if self.phase == TRANSLATING:
             total = "?" if self.slices_total is None else self.slices_total
@@ -94,12 +101,18 @@ def estimate_finish(
     return iso_utc(now + (total - done) * elapsed / made)
 
 
-def receiving_progress(job: Job, quiet_seconds: float, now: float) -> JobProgress:
-    """A RECEIVED job's progress from its stored facts; ``now`` on the store's (wall) clock."""
+def receiving_progress(
+    job: Job, quiet_seconds: float, now: float, settles_at: float | None = None
+) -> JobProgress:
+    """A RECEIVED job's progress from its stored facts and, from the router, when it settles.
+
+    ``now`` and ``settles_at`` are on the store's (wall) clock.
+    """
     return JobProgress(
         RECEIVING,
         instances_received=job.n_instances,
         seconds_to_quiet=round(max(0.0, job.last_instance_at + quiet_seconds - now), 1),
+        seconds_to_settle=None if settles_at is None else round(max(0.0, settles_at - now), 1),
     )
 
 
@@ -109,6 +122,7 @@ def job_progress(
     quiet_seconds: float,
     *,
     live: JobProgress | None = None,
+    settles_at: float | None = None,
     checkpointed_slices: int = 0,
     deliveries: Sequence[tuple[int, int]] = (),
 ) -> JobProgress:
@@ -116,13 +130,19 @@ def job_progress(
 
     Parameters
     ----------
+    settles_at : float or None
+        When the router's settle rule completes a RECEIVED job (:meth:`ProgressBoard.settles_at`).
     checkpointed_slices : int
         Slices the engine has checkpointed for the job (a stopped translation resumes from them).
     deliveries : sequence of (acknowledged, files)
         One pair per outbox entry of the job.
     """
     if job.state is JobState.RECEIVED:
-        return receiving_progress(job, quiet_seconds, now)
+        progress = receiving_progress(job, quiet_seconds, now, settles_at)
+        if settles_at is None and live is not None and live.seconds_to_settle is not None:
+            # The running node's word (``jobs show`` asks it): only the router knows of releases.
+            progress = dataclasses.replace(progress, seconds_to_settle=live.seconds_to_settle)
+        return progress
     if live is not None and live.phase is not None:
         return live
     if job.state is JobState.PROCESSING or (job.state is JobState.WAITING and checkpointed_slices):
@@ -165,6 +185,18 @@ class ProgressBoard:
         self._translations: dict[int, _Translation] = {}
         self._deliveries: dict[int, _Delivery] = {}
         self._delivering: int | None = None
+        self._settling: dict[int, float] = {}
+
+    # -- the router --------------------------------------------------------------------------
+
+    def settling(self, due: Mapping[int, float]) -> None:
+        """The RECEIVED jobs the settle rule will complete, job id -> when (wall clock); replaces the last."""
+        with self._lock:
+            self._settling = dict(due)
+
+    def settles_at(self, job_id: int) -> float | None:
+        with self._lock:
+            return self._settling.get(job_id)
 
     # -- the engine worker -------------------------------------------------------------------
 

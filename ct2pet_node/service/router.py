@@ -6,6 +6,13 @@ for each RECEIVED job whether its series is complete. A complete series is
 qualified and moves to WAITING (and onto the engine queue) or to REFUSED
 with the reason kept in the job store.
 
+The SCP also says when an association is released cleanly and which
+instances it stored. A series all of whose instances so far came in that one
+association may complete ``settle_after_release_seconds`` after the release
+(:func:`~ct2pet_node.routing.completion.decide_completion`); an instance from
+any other association, before or after, leaves it to the quiet rule. Releases
+are held in memory only: after a restart the quiet rule completes the series.
+
 The job store is the truth; notifications are only hints. Each tick the
 router compares what it has parsed with the job's instance count in the
 store and reads any instance it missed, so a lost notification, a restart,
@@ -24,22 +31,26 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 import structlog
 
 from ct2pet_node.config import RoutingConfig
 from ct2pet_node.dicom.headers import read_slice_header
 from ct2pet_node.domain.jobs import Job, JobDetails, JobState
-from ct2pet_node.domain.records import InstanceRecord, SliceHeader
+from ct2pet_node.domain.records import AssociationReleased, InstanceRecord, SliceHeader
+from ct2pet_node.domain.uids import SeriesUid, SopInstanceUid
 from ct2pet_node.errors import Ct2PetError, SeriesRefused, StorageError
-from ct2pet_node.routing.completion import decide_completion
+from ct2pet_node.routing.completion import CompletionDecision, decide_completion
 from ct2pet_node.routing.qualify import qualify_series
+from ct2pet_node.service.progress import ProgressBoard
 from ct2pet_node.service.queue import EngineQueue
 from ct2pet_node.spool.jobstore import JobStore
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_TICK_SECONDS = 0.5
+_Notification: TypeAlias = InstanceRecord | AssociationReleased
 
 
 @dataclass(slots=True)
@@ -57,6 +68,18 @@ class _SeriesState:
     def seen(self) -> int:
         return len(self.headers) + len(self.problems)
 
+    def brought_by(self, delivered: frozenset[SopInstanceUid]) -> bool:
+        """Whether every instance parsed so far is one of ``delivered`` (one association's)."""
+        return delivered.issuperset(self.headers) and delivered.issuperset(self.problems)
+
+
+@dataclass(frozen=True, slots=True)
+class _Release:
+    """The last clean release of an association that stored instances of a series."""
+
+    released_at: float
+    delivered: frozenset[SopInstanceUid]
+
 
 class Router:
     """Series completion, qualification and hand-over to the engine queue.
@@ -73,6 +96,8 @@ class Router:
         Wall clock, seconds since the epoch (the store's ``last_instance_at`` is wall clock too).
     tick_seconds : float
         How often the thread decides completion and polls force requests, seconds.
+    progress : ProgressBoard or None
+        Where the router posts when the settle rule will complete each series.
     """
 
     def __init__(
@@ -83,14 +108,17 @@ class Router:
         *,
         clock: Callable[[], float] = time.time,
         tick_seconds: float = DEFAULT_TICK_SECONDS,
+        progress: ProgressBoard | None = None,
     ) -> None:
         self._store = store
         self._queue = engine_queue
         self._routing = routing
         self._clock = clock
         self._tick_seconds = tick_seconds
-        self._inbox: queue.SimpleQueue[InstanceRecord] = queue.SimpleQueue()
+        self._progress = progress
+        self._inbox: queue.SimpleQueue[_Notification] = queue.SimpleQueue()
         self._series: dict[str, _SeriesState] = {}  # series UID -> state of its RECEIVED job
+        self._releases: dict[SeriesUid, _Release] = {}
         self._unqueued: list[int] = []  # WAITING job ids the engine queue refused for now
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -100,6 +128,10 @@ class Router:
     def notify(self, record: InstanceRecord) -> None:
         """Tell the router an instance was stored; never blocks (association threads call it)."""
         self._inbox.put(record)
+
+    def notify_released(self, release: AssociationReleased) -> None:
+        """Tell the router an association was released cleanly; never blocks (association threads call it)."""
+        self._inbox.put(release)
 
     def start(self) -> None:
         """Recover from the store, then run the router thread."""
@@ -136,20 +168,26 @@ class Router:
 
     def _wait_and_handle(self, timeout: float) -> None:
         try:
-            record = self._inbox.get(timeout=timeout)
+            notification = self._inbox.get(timeout=timeout)
         except queue.Empty:
             return
-        self.handle(record)
+        self._dispatch(notification)
         self.drain()
 
     def drain(self) -> None:
         """Handle every notification waiting in the inbox."""
         while True:
             try:
-                record = self._inbox.get_nowait()
+                notification = self._inbox.get_nowait()
             except queue.Empty:
                 return
-            self.handle(record)
+            self._dispatch(notification)
+
+    def _dispatch(self, notification: _Notification) -> None:
+        if isinstance(notification, AssociationReleased):
+            self.handle_release(notification)
+        else:
+            self.handle(notification)
 
     # Decisions (public so tests can drive the router without its thread) -------------------------
 
@@ -170,6 +208,17 @@ class Router:
             self._parse(state, record)
         # Otherwise the next tick's sync reads it from the store with the rest of its job.
 
+    def handle_release(self, release: AssociationReleased) -> None:
+        """Note a clean release for each series it stored instances of; ticks judge whether it counts."""
+        for series_uid, delivered in release.delivered.items():
+            self._releases[series_uid] = _Release(release.released_at, delivered)
+            log.info(
+                "association_released",
+                series_uid=series_uid,
+                n_instances=len(delivered),
+                calling_ae=release.calling_ae_title,
+            )
+
     def tick(self, now: float) -> None:
         """Decide completion of every RECEIVED job at wall-clock time ``now`` (seconds)."""
         self._offer_unqueued()
@@ -178,18 +227,45 @@ class Router:
         for series_uid in list(self._series):
             if series_uid not in live:
                 del self._series[series_uid]
+        for series_uid in list(self._releases):
+            if series_uid not in live:
+                del self._releases[series_uid]
+        settling: dict[int, float] = {}
         for job in received:
             state = self._sync(job)
-            decision = decide_completion(
-                list(state.headers.values()),
-                job.last_instance_at,
-                now,
-                self._routing.series_quiet_seconds,
-                job.forced,
-                grid_tolerance_mm=self._routing.slice_spacing_tolerance_mm,
-            )
+            decision = self._decide(job, state, now)
             if decision.complete:
                 self._finish(job, state, decision.why)
+            elif decision.settles_at is not None:
+                settling[job.id] = decision.settles_at
+        if self._progress is not None:
+            self._progress.settling(settling)
+
+    def _decide(self, job: Job, state: _SeriesState, now: float) -> CompletionDecision:
+        return decide_completion(
+            list(state.headers.values()),
+            job.last_instance_at,
+            now,
+            self._routing.series_quiet_seconds,
+            job.forced,
+            grid_tolerance_mm=self._routing.slice_spacing_tolerance_mm,
+            released_at=self._released_at(job.series_uid, state),
+            settle_seconds=self._routing.settle_after_release_seconds,
+        )
+
+    def _released_at(self, series_uid: SeriesUid, state: _SeriesState) -> float | None:
+        """When the one association that brought every instance of the series so far was released."""
+        release = self._releases.get(series_uid)
+        if release is None:
+            return None
+        if not state.brought_by(release.delivered):
+            # Spread over associations (an earlier one, or one during the settle time): quiet rule only.
+            del self._releases[series_uid]
+            log.info(
+                "settle_rule_off", job_id=state.job_id, series_uid=series_uid, reason="several associations"
+            )
+            return None
+        return release.released_at
 
     def _sync(self, job: Job) -> _SeriesState:
         state = self._series.get(job.series_uid)
@@ -243,6 +319,7 @@ class Router:
             log.info("series_decision_deferred", job_id=job.id, series_uid=job.series_uid)
             return
         del self._series[job.series_uid]
+        self._releases.pop(job.series_uid, None)
         if target is JobState.WAITING:
             log.info(
                 "series_complete",

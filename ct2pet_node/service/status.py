@@ -259,7 +259,14 @@ def _active_jobs(sources: StatusSources, now: float) -> tuple[dict[str, Any], ..
     listed = []
     for job in sources.store.list_jobs(list(ACTIVE_STATES)):
         live = board.get(job.id) if board is not None else None
-        progress = job_progress(job, now, quiet, live=live, deliveries=_deliveries(sources.outbox, job.id))
+        progress = job_progress(
+            job,
+            now,
+            quiet,
+            live=live,
+            settles_at=board.settles_at(job.id) if board is not None else None,
+            deliveries=_deliveries(sources.outbox, job.id),
+        )
         listed.append(
             {
                 "id": job.id,

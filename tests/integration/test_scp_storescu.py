@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -110,13 +111,20 @@ VARIANTS = {
 
 
 def node_config(
-    data_dir: Path, quiet: float = 60.0, allowed: tuple[str, ...] = (), min_free_mb: int = 0
+    data_dir: Path,
+    quiet: float = 60.0,
+    allowed: tuple[str, ...] = (),
+    min_free_mb: int = 0,
+    settle: float = 0.0,
 ) -> Config:
+    """The default config on loopback; ``settle`` 0 (off) so only the settle tests depend on that rule."""
     config = load_config()
     node = dataclasses.replace(
         config.node, data_dir=data_dir, host="127.0.0.1", min_free_mb=min_free_mb, network_timeout_seconds=10
     )
-    routing = dataclasses.replace(config.routing, series_quiet_seconds=quiet, min_slices=5)
+    routing = dataclasses.replace(
+        config.routing, series_quiet_seconds=quiet, min_slices=5, settle_after_release_seconds=settle
+    )
     security = dataclasses.replace(config.security, allowed_calling_ae_titles=allowed)
     return dataclasses.replace(config, node=node, routing=routing, security=security)
 
@@ -138,7 +146,13 @@ class Node:
         notify = self.router.notify if self.router is not None else self.stored.append
         spool = InstanceSpool(self.data_dir, config.node.min_free_mb)
         self.scp = StorageScp(
-            config.node, config.security, spool, self.store, notify, address=("127.0.0.1", 0)
+            config.node,
+            config.security,
+            spool,
+            self.store,
+            notify,
+            address=("127.0.0.1", 0),
+            on_released=self.router.notify_released if self.router is not None else None,
         )
         self.scp.start()
 
@@ -321,6 +335,43 @@ def test_restart_mid_series_completes_with_every_instance(
         assert len(second.store.instances_of(series_uid)) == SUBSET
     finally:
         second.stop()
+
+
+def test_a_series_sent_in_one_association_completes_after_the_settle_time(
+    storescu: str, tmp_path: Path, ct_subset: list[Path]
+) -> None:
+    settling = Node(node_config(tmp_path / "data", quiet=60.0, settle=1.0), with_router=True)
+    try:
+        result = send(storescu, settling.scp.port, ct_subset)
+        released = time.monotonic()  # storescu exits after its A-RELEASE is answered
+        assert result.returncode == 0, result.stderr
+        job_id = settling.queue.get(timeout=30)
+        waited = time.monotonic() - released
+        job = settling.store.get_job(job_id)
+        assert job is not None and job.state is JobState.WAITING and job.n_instances == SUBSET
+        assert (job.details.completed_because or "").startswith("settled 1 s after its association")
+        assert 0.5 <= waited < 15.0, waited  # the settle time, far below the 60 s quiet period
+    finally:
+        settling.stop()
+
+
+def test_a_series_sent_one_association_per_instance_waits_for_quiet(
+    storescu: str, tmp_path: Path, ct_subset: list[Path]
+) -> None:
+    quiet = 4.0
+    spread = Node(node_config(tmp_path / "data", quiet=quiet, settle=1.0), with_router=True)
+    try:
+        files = ct_subset[:COMPRESSED_SUBSET]
+        for path in files:
+            assert send(storescu, spread.scp.port, [path]).returncode == 0
+        last = time.monotonic()
+        job_id = spread.queue.get(timeout=30)
+        assert time.monotonic() - last >= quiet - 1.0  # the receipt clock and ours differ by a little
+        job = spread.store.get_job(job_id)
+        assert job is not None and job.n_instances == len(files)
+        assert (job.details.completed_because or "").startswith("quiet for")
+    finally:
+        spread.stop()
 
 
 def test_no_storescu_skips_with_a_reason(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -25,6 +25,7 @@ class Figures:
     slices: int
     quiet_seconds: float
     quiet_overridden: bool
+    settle_seconds: float = 0.0
     model: dict[str, Any] = field(default_factory=dict)
     output_kinds: tuple[str, ...] = ()
     storescu_seconds: float = 0.0
@@ -49,7 +50,7 @@ class Figures:
         """(phase, seconds or None when not reached, where its end comes from), from the last CT instance."""
         window = f"REST poll, moment within the last {self.stored_poll_window:.2f} s"
         steps = [
-            ("completion wait (quiet rule + router tick)", self.series_complete, "log series_complete"),
+            ("completion wait (settle/quiet rule + tick)", self.series_complete, "log series_complete"),
             ("engine picks up the job", self.generation_started, "log generation_started"),
             ("load volume (headers, HU)", self.translation_started, "log translation_started (1st chunk)"),
             ("translation (engine)", self.generation_finished, "log generation_finished"),
@@ -85,7 +86,8 @@ class Figures:
             f"series             {self.slices} CT instances of the shared sample, one storescu association",
             f"model              {model.get('id')} on {model.get('device')}, {model.get('steps')} steps",
             f"outputs            {', '.join(self.output_kinds)}",
-            f"quiet period       {quiet}; completed because: {self.completed_because}",
+            f"quiet period       {quiet}; settle after release {self.settle_seconds:g} s",
+            f"completed because  {self.completed_because}",
             f"ingest             {self.first_to_last():.2f} s first -> last instance acknowledged "
             f"({self.acknowledged} acknowledged; storescu ran {self.storescu_seconds:.2f} s)",
             "",

@@ -118,3 +118,11 @@ def test_listener_limits_have_defaults_and_are_checked(tmp_path: Path) -> None:
     ):
         assert key in text
     assert len(caught.value.problems) == 4
+
+
+def test_settle_after_release_defaults_to_a_few_seconds_and_zero_turns_it_off(tmp_path: Path) -> None:
+    assert load_config().routing.settle_after_release_seconds == 3.0
+    off = load_config(write(tmp_path, "[routing]\nsettle_after_release_seconds = 0\n"))
+    assert off.routing.settle_after_release_seconds == 0.0
+    with pytest.raises(ConfigError, match=r"\[routing\] settle_after_release_seconds: -1 is not allowed"):
+        load_config(write(tmp_path, "[routing]\nsettle_after_release_seconds = -1\n"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import socket
 import struct
+import time
 from io import BytesIO
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from pynetdicom.sop_class import (
 from structlog.testing import capture_logs
 
 from ct2pet_node.config import Config, load_config
-from ct2pet_node.domain.records import InstanceRecord
+from ct2pet_node.domain.records import AssociationReleased, InstanceRecord
 from ct2pet_node.net.scp import (
     CANNOT_PARSE,
     INVALID_HEADER,
@@ -114,6 +115,7 @@ class Harness:
         self.spool = InstanceSpool(data_dir, self.config.node.min_free_mb)
         self.store = JobStore.open(data_dir)
         self.stored: list[InstanceRecord] = []
+        self.released: list[AssociationReleased] = []
         self.scp = StorageScp(
             self.config.node,
             self.config.security,
@@ -121,6 +123,7 @@ class Harness:
             self.store,
             self.stored.append,
             address=("127.0.0.1", 0),
+            on_released=self.released.append,
         )
         self.scp.start()
 
@@ -191,6 +194,41 @@ def test_store_spools_a_valid_part10_file_and_records_it(harness: Harness, tmp_p
     assert harness.store.instances_of(SERIES) == [record]
     job = harness.store.job_for_series(SERIES)
     assert job is not None and job.n_instances == 1
+
+
+def test_a_clean_release_reports_what_the_association_stored_and_an_abort_nothing(
+    harness: Harness,
+) -> None:
+    assoc = harness.associate()
+    for index in (1, 2):
+        assert assoc.send_c_store(ct_dataset(index)).Status == SUCCESS
+    assert assoc.send_c_store(ct_dataset(1)).Status == SUCCESS  # a re-send stores nothing new
+    assoc.release()
+    wait_for(lambda: len(harness.released) == 1)
+    (release,) = harness.released
+    assert release.calling_ae_title == "SCANNER"
+    assert release.delivered == {SERIES: frozenset({f"{SERIES}.1", f"{SERIES}.2"})}
+    aborted = harness.associate()
+    assert aborted.send_c_store(ct_dataset(3)).Status == SUCCESS
+    aborted.abort()
+    dropped = harness.associate()
+    assert dropped.send_c_store(ct_dataset(4)).Status == SUCCESS
+    connection = dropped.dul.socket.socket
+    connection.shutdown(socket.SHUT_RDWR)  # the connection drops: no release, no abort PDU
+    wait_for(lambda: not dropped.is_alive())
+    connection.close()
+    echo_only = harness.associate(contexts=(Verification,))
+    echo_only.release()
+    wait_for(lambda: harness.scp._server is not None and not harness.scp._server.active_associations)
+    assert len(harness.released) == 1  # neither the abort, the drop nor an association that stored nothing
+    assert harness.scp._deliveries.open_associations() == 0
+
+
+def wait_for(condition, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
 
 
 def test_resent_instance_is_stored_once(harness: Harness, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""decide_completion: forced, geometry-complete (with and without a count) and quiet series."""
+"""decide_completion: forced, geometry-complete (with and without a count), settled and quiet series."""
 
 from __future__ import annotations
 
@@ -136,3 +136,78 @@ def test_sample_completes_by_geometry_once_it_states_its_count(sample_dir: Path)
     decision = decide_completion(counted, 100.0, 100.0, 30, False)
     assert decision.complete
     assert decision.why == "geometry complete: 247 of 247 slices on a 3.27 mm grid"
+
+
+# The settle rule: the association that brought every instance was released at RELEASED.
+RELEASED = 110.0
+
+
+def settle(headers: list[SliceHeader], now: float, *, settle_seconds: float = 3.0, quiet: float = 30.0):
+    return decide_completion(
+        headers,
+        last_instance_at=RELEASED - 1,
+        now=now,
+        quiet_seconds=quiet,
+        forced=False,
+        released_at=RELEASED,
+        settle_seconds=settle_seconds,
+    )
+
+
+def test_a_released_gap_free_series_completes_after_the_settle_time() -> None:
+    waiting = settle(stack(30, step=3.27), RELEASED + 2.0)
+    assert not waiting.complete
+    assert waiting.settles_at == RELEASED + 3.0
+    assert waiting.recheck_in_seconds == pytest.approx(1.0)  # the settle time, not the quiet rule's 27 s
+    assert "settled in 1 s" in waiting.why
+    done = settle(stack(30, step=3.27), RELEASED + 3.0)
+    assert done.complete
+    assert done.why == ("settled 3 s after its association was released: 30 slices on a 3.27 mm grid, no gap")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param(stack(30, skip=(12,)), id="a slice missing in the middle"),
+        pytest.param([*stack(29), header(99, -100.0 + 3.0 * 5)], id="a duplicate position"),
+        pytest.param(stack(1), id="one slice is no stack"),
+        pytest.param(
+            [
+                h if i else dataclasses.replace(h, image_orientation=(1.0, 0.0, 0.0, 0.0, 0.0, -1.0))
+                for i, h in enumerate(stack(30))
+            ],
+            id="two orientations",
+        ),
+    ],
+)
+def test_a_released_series_that_is_not_one_gap_free_stack_waits_for_quiet(headers: list[SliceHeader]) -> None:
+    decision = settle(headers, RELEASED + 10.0)
+    assert not decision.complete
+    assert decision.settles_at is None
+    assert decision.recheck_in_seconds == pytest.approx(30.0 - 11.0)
+    assert settle(headers, RELEASED - 1 + 30.0).why == "quiet for 30 s"
+
+
+def test_settle_seconds_zero_turns_the_rule_off() -> None:
+    decision = settle(stack(30), RELEASED + 10.0, settle_seconds=0.0)
+    assert not decision.complete and decision.settles_at is None
+
+
+def test_without_a_release_a_gap_free_series_waits_for_quiet() -> None:
+    decision = decide_completion(
+        stack(30), last_instance_at=100.0, now=120.0, quiet_seconds=30, forced=False, settle_seconds=3.0
+    )
+    assert not decision.complete and decision.settles_at is None
+
+
+def test_the_quiet_rule_still_applies_when_it_comes_first() -> None:
+    # A settle time longer than the quiet period: whichever rule comes first completes it.
+    decision = settle(stack(30), RELEASED - 1 + 30.0, settle_seconds=60.0, quiet=30.0)
+    assert decision.complete and decision.why == "quiet for 30 s"
+
+
+def test_the_sample_settles_after_release(sample_dir: Path) -> None:
+    (headers,) = scan_folder(sample_dir / "CT").values()
+    decision = settle(headers, RELEASED + 3.0)
+    assert decision.complete
+    assert decision.why.endswith("247 slices on a 3.27 mm grid, no gap")

@@ -29,6 +29,7 @@ from ct2pet_node.spool.outbox import Outbox
 NULLS = {
     "instances_received": None,
     "seconds_to_quiet": None,
+    "seconds_to_settle": None,
     "slices_done": None,
     "slices_total": None,
     "estimated_finish": None,
@@ -70,6 +71,26 @@ def test_a_series_being_received_shows_instances_so_far_and_seconds_to_quiet() -
     assert progress.describe() == "receiving: 7 instances so far, quiet rule completes it in 18 s"
     overdue = job_progress(_job(JobState.RECEIVED), now=200.0, quiet_seconds=30.0)
     assert overdue.seconds_to_quiet == 0.0
+
+
+def test_a_released_series_shows_when_it_settles_from_the_router_or_the_running_node() -> None:
+    board = ProgressBoard()
+    board.settling({3: 114.5})
+    progress = job_progress(_job(JobState.RECEIVED), 112.0, 30.0, settles_at=board.settles_at(3))
+    assert progress.to_json() == NULLS | {
+        "phase": "receiving",
+        "instances_received": 7,
+        "seconds_to_quiet": 18.0,
+        "seconds_to_settle": 2.5,
+    }
+    assert progress.describe() == (
+        "receiving: 7 instances so far, association released: completes in 2 s unless more arrives"
+    )
+    # ``jobs show`` reads the running node's value: the store knows nothing of releases.
+    asked = job_progress(_job(JobState.RECEIVED), 112.0, 30.0, live=progress)
+    assert asked.seconds_to_settle == 2.5
+    board.settling({})
+    assert board.settles_at(3) is None
 
 
 def test_the_store_fallback_gives_checkpoints_and_outbox_counts_and_null_for_the_unknown() -> None:

@@ -13,8 +13,9 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
 from ct2pet_node.config import RoutingConfig
 from ct2pet_node.domain.jobs import JobState
-from ct2pet_node.domain.records import InstanceRecord
+from ct2pet_node.domain.records import AssociationReleased, InstanceRecord
 from ct2pet_node.domain.uids import AeTitle, SeriesUid, SopInstanceUid, StudyUid, Uid
+from ct2pet_node.service.progress import ProgressBoard
 from ct2pet_node.service.queue import InProcessQueue
 from ct2pet_node.service.recovery import recover_jobs
 from ct2pet_node.service.router import Router
@@ -25,9 +26,14 @@ from ct2pet_node.spool.outbox import Outbox
 STUDY = "1.2.826.0.1.3680043.10.1"
 SERIES = "1.2.826.0.1.3680043.10.1.1"
 QUIET = 30.0
+SETTLE = 3.0
 T0 = 1_000_000.0
 ROUTING = RoutingConfig(
-    series_quiet_seconds=QUIET, min_slices=4, max_gantry_tilt_degrees=0.5, slice_spacing_tolerance_mm=0.05
+    series_quiet_seconds=QUIET,
+    min_slices=4,
+    max_gantry_tilt_degrees=0.5,
+    slice_spacing_tolerance_mm=0.05,
+    settle_after_release_seconds=SETTLE,
 )
 
 
@@ -73,7 +79,8 @@ class Node:
         self.spool = InstanceSpool(data_dir, min_free_mb=0)
         self.store = JobStore.open(data_dir)
         self.queue = InProcessQueue()
-        self.router = Router(self.store, self.queue, ROUTING, tick_seconds=0.05)
+        self.progress = ProgressBoard()
+        self.router = Router(self.store, self.queue, ROUTING, tick_seconds=0.05, progress=self.progress)
 
     def receive(self, index: int, at: float, content: bytes | None = None, notify: bool = True) -> None:
         sop = f"{SERIES}.{index}"
@@ -93,6 +100,11 @@ class Node:
         assert self.store.record_instance(record)
         if notify:
             self.router.notify(record)
+
+    def release(self, indices: range | list[int], at: float) -> None:
+        """The association that stored ``indices`` is released cleanly at ``at``."""
+        sops = frozenset(SopInstanceUid(f"{SERIES}.{index}") for index in indices)
+        self.router.notify_released(AssociationReleased(AeTitle("SCANNER"), at, {SeriesUid(SERIES): sops}))
 
     def job(self):
         job = self.store.job_for_series(SERIES)
@@ -237,3 +249,82 @@ def test_router_thread_routes_and_stops(node: Node) -> None:
         node.router.stop(timeout=5)
     assert job_id == node.job().id
     assert node.job().state is JobState.WAITING
+
+
+# The settle rule ([routing] settle_after_release_seconds) ------------------------------------
+
+
+def test_a_series_one_association_brought_completes_after_the_settle_time(node: Node) -> None:
+    for index in range(6):
+        node.receive(index, T0 + index * 0.01)
+    node.release(range(6), T0 + 1)
+    node.router.drain()
+    node.router.tick(T0 + 1 + SETTLE - 0.5)
+    assert node.job().state is JobState.RECEIVED
+    assert node.progress.settles_at(node.job().id) == T0 + 1 + SETTLE
+    node.router.tick(T0 + 1 + SETTLE)
+    job = node.job()
+    assert job.state is JobState.WAITING
+    assert job.details.completed_because == (
+        "settled 3 s after its association was released: 6 slices on a 2.50 mm grid, no gap"
+    )
+    assert node.queue.get(0) == job.id
+    assert node.progress.settles_at(job.id) is None
+
+
+def test_a_sender_with_one_association_per_instance_still_waits_for_quiet(node: Node) -> None:
+    for index in range(6):
+        node.receive(index, T0 + index)
+        node.release([index], T0 + index + 0.1)
+        node.router.drain()
+        node.router.tick(T0 + index + 0.5)
+    node.router.tick(T0 + 5 + SETTLE + 5)
+    assert node.job().state is JobState.RECEIVED
+    assert node.progress.settles_at(node.job().id) is None
+    node.router.tick(T0 + 5 + QUIET)
+    job = node.job()
+    assert job.state is JobState.WAITING
+    assert (job.details.completed_because or "").startswith("quiet for")
+
+
+def test_a_released_series_with_a_gap_still_waits_for_quiet(node: Node) -> None:
+    sent = [0, 1, 2, 4, 5, 6]  # slice 3 missing
+    for index in sent:
+        node.receive(index, T0)
+    node.release(sent, T0 + 1)
+    node.router.drain()
+    node.router.tick(T0 + 1 + SETTLE + 5)
+    assert node.job().state is JobState.RECEIVED
+    node.router.tick(T0 + QUIET)
+    assert (node.job().details.completed_because or "").startswith("quiet for")
+
+
+def test_more_of_the_series_in_another_association_during_the_settle_time_turns_the_rule_off(
+    node: Node,
+) -> None:
+    for index in range(5):
+        node.receive(index, T0)
+    node.release(range(5), T0 + 1)
+    node.router.drain()
+    node.router.tick(T0 + 1.5)
+    node.receive(5, T0 + 2)  # a second association, not released yet
+    node.router.drain()
+    node.router.tick(T0 + 1 + SETTLE)
+    assert node.job().state is JobState.RECEIVED
+    node.release([5], T0 + 2.5)  # its release does not bring the rule back: slices 0-4 came before it
+    node.router.drain()
+    node.router.tick(T0 + 2.5 + SETTLE)
+    assert node.job().state is JobState.RECEIVED
+    node.router.tick(T0 + 2 + QUIET)
+    assert (node.job().details.completed_because or "").startswith("quiet for")
+
+
+def test_a_release_is_not_remembered_across_a_restart(node: Node) -> None:
+    for index in range(6):
+        node.receive(index, T0)
+    node.release(range(6), T0 + 1)
+    node.router.drain()
+    node.router = Router(node.store, node.queue, ROUTING, progress=node.progress)
+    node.router.recover()
+    node.router.tick(T0 + 1 + SETTLE)
+    assert node.job().state is JobState.RECEIVED
