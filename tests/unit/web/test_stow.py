@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ctfactory import make_ct_series, series_uid_for
 from pydicom.uid import PositronEmissionTomographyImageStorage
 
 from ct2pet_node.domain.records import InstanceRecord
@@ -20,7 +21,6 @@ from ct2pet_node.spool.instances import InstanceSpool
 from ct2pet_node.spool.jobstore import JobStore
 from ct2pet_node.web.server import StowServer
 from ct2pet_node.web.stow import StowSources
-from tests.ctfactory import make_ct_series, series_uid_for
 
 BOUNDARY = "stow-test-boundary"
 TOKEN = "a-long-random-secret"
