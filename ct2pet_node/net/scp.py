@@ -4,7 +4,9 @@ The C-STORE handler writes, records, notifies and answers; it never raises
 and never decodes pixels, talks to the GPU or opens a connection. Instances
 of other storage SOP classes (negotiated when ``[node] other_sop_classes``
 is "accept") are acknowledged and dropped: nothing written, only counted
-(:meth:`StorageScp.ignored_counts`) and logged. Status codes it answers:
+(:meth:`StorageScp.ignored_counts`) and logged. What is kept or refused, and
+the write, are :mod:`ct2pet_node.net.intake`'s, shared with the STOW-RS
+receiver. Status codes it answers:
 
 ========  ================================================================
 0x0000    stored, or already stored (a re-sent SOP Instance UID is

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ctfactory import make_ct_series, series_uid_for
+from ctfactory import STUDY_UID, make_ct_series, series_uid_for
 from pydicom.uid import PositronEmissionTomographyImageStorage
 
 from ct2pet_node.domain.records import InstanceRecord
@@ -225,13 +225,15 @@ def test_not_ct_is_refused_when_other_classes_are_refused(make_node: Any, pet_fi
     assert failed["00081150"]["Value"] == [str(PositronEmissionTomographyImageStorage)]
 
 
-def test_an_instance_of_another_study_than_the_path_names_fails(
+def test_under_a_study_path_only_instances_of_that_study_are_stored(
     make_node: Any, ct_files: list[bytes]
 ) -> None:
     node = make_node()
     status, _, answer = node.post(multipart(ct_files[0]), path="/studies/1.2.3.4")
     assert status == 409 and items(answer, FAILED)[0]["00081197"]["Value"] == [0xA900]
     assert node.spooled() == []
+    status, _, _ = node.post(multipart(ct_files[0]), path=f"/studies/{STUDY_UID}")
+    assert status == 200 and len(node.spooled()) == 1
 
 
 @pytest.mark.parametrize(
