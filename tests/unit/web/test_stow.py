@@ -7,12 +7,18 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 from ctfactory import STUDY_UID, make_ct_series, series_uid_for
-from pydicom.uid import PositronEmissionTomographyImageStorage
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    EnhancedCTImageStorage,
+    PositronEmissionTomographyImageStorage,
+)
 
 from ct2pet_node.domain.records import InstanceRecord
 from ct2pet_node.net.intake import Intake, Outcome
@@ -251,4 +257,32 @@ def test_a_request_that_is_not_a_stow_body_is_refused(
 ) -> None:
     node = make_node()
     assert node.post(body, content_type=content_type)[0] == expected
+    assert node.spooled() == []
+
+
+def _with_meta(file: bytes, **meta: str) -> bytes:
+    dataset = pydicom.dcmread(BytesIO(file))
+    for keyword, value in meta.items():
+        setattr(dataset.file_meta, keyword, value)
+    out = BytesIO()
+    dataset.save_as(out, enforce_file_format=False)  # True would put the data set's own UIDs back
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("meta", "reason"),
+    [
+        ({"MediaStorageSOPInstanceUID": "1.2.3.4.5"}, 0xC212),  # the file meta names another instance
+        ({"MediaStorageSOPClassUID": str(EnhancedCTImageStorage)}, 0xA900),  # ...or another CT class
+        ({"TransferSyntaxUID": str(DeflatedExplicitVRLittleEndian)}, 0xC122),  # not one the SCP accepts
+    ],
+)
+def test_a_file_whose_meta_contradicts_or_cannot_be_decoded_fails(
+    make_node: Any, ct_files: list[bytes], meta: dict[str, str], reason: int
+) -> None:
+    node = make_node()
+    status, _, answer = node.post(multipart(_with_meta(ct_files[0], **meta)))
+    assert status == 409
+    (failed,) = items(answer, FAILED)
+    assert failed["00081197"]["Value"] == [reason]
     assert node.spooled() == []
