@@ -132,7 +132,7 @@ class Intake:
         other_sop_classes: str = "accept",
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.spool = spool
+        self._spool = spool
         self._store = store
         self._on_stored = on_stored
         self.max_instance_bytes = max_instance_bytes
@@ -171,7 +171,7 @@ class Intake:
             return Outcome(SUCCESS)
         size = len(arrival.meta) + len(dataset)
         try:
-            path = self.spool.store(
+            path = self._spool.store(
                 header.study_uid, header.series_uid, header.sop_instance_uid, (arrival.meta, dataset), size
             )
         except OutOfSpace as error:
