@@ -32,9 +32,12 @@ from ct2pet_node.spool.jobstore import JobStore
 from ct2pet_node.spool.outbox import Outbox
 from ct2pet_node.web.app import Action, AdminSources
 from ct2pet_node.web.pages import NodeFacts
-from ct2pet_node.web.server import AdminServer
+from ct2pet_node.web.server import AdminServer, StowServer
+from ct2pet_node.web.stow import StowSources
 
 if TYPE_CHECKING:  # the sender pulls in pynetdicom; `convert` uses this module without it
+    from ct2pet_node.net.intake import Outcome
+    from ct2pet_node.net.scp import StorageScp
     from ct2pet_node.net.scu import ScuTimeouts
 
 
@@ -114,10 +117,26 @@ def _components(
         progress=progress,
     )
 
+    stow = stow_server(config, scp, metrics)
+    try:
+        admin = admin_server(config, sources, metrics, store)
+    except BaseException:
+        if stow is not None:
+            stow.stop()
+        raise
+    retention = Retention(config, store, outbox)
+    return Components(store, outbox, router, worker, sender, scp, admin, metrics, errors, retention, stow)
+
+
+def admin_server(
+    config: Config, sources: StatusSources, metrics: NodeMetrics, store: JobStore
+) -> AdminServer:
+    """The admin endpoint on ``[admin] listen``, its socket bound."""
+
     def status() -> StatusReport:
         return build_status(sources, time.time())
 
-    admin = AdminServer(
+    return AdminServer(
         config.admin.listen_host,
         config.admin.listen_port,
         AdminSources(
@@ -130,8 +149,29 @@ def _components(
             actions=job_actions(config),
         ),
     )
-    retention = Retention(config, store, outbox)
-    return Components(store, outbox, router, worker, sender, scp, admin, metrics, errors, retention)
+
+
+def stow_server(config: Config, scp: StorageScp, metrics: NodeMetrics) -> StowServer | None:
+    """The STOW-RS receiver on ``[dicomweb] listen``, sharing the SCP's intake; None when not configured."""
+    listener = config.dicomweb
+    if not listener.enabled:
+        return None
+
+    def counted(outcome: Outcome) -> None:
+        if not outcome.succeeded:
+            metrics.instance_rejected(outcome.status)
+
+    return StowServer(
+        listener.listen_host,
+        listener.listen_port,
+        StowSources(
+            receive=scp.intake.receive,
+            max_instance_bytes=scp.intake.max_instance_bytes,
+            token=listener.token if listener.token_file is not None else None,
+            on_instance=counted,
+            on_request=metrics.stow_answered,
+        ),
+    )
 
 
 def job_actions(config: Config) -> dict[str, Action]:

@@ -15,8 +15,6 @@ from __future__ import annotations
 from pydicom.uid import (
     JPEG2000,
     UID,
-    CTImageStorage,
-    EnhancedCTImageStorage,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -30,7 +28,18 @@ from pydicom.uid import (
 )
 from pynetdicom.presentation import AllStoragePresentationContexts
 
-CT_STORAGE_SOP_CLASSES: tuple[UID, ...] = (CTImageStorage, EnhancedCTImageStorage)
+from ct2pet_node.net.store_header import CT_STORAGE_SOP_CLASSES
+
+__all__ = [
+    "ACCEPTED_TRANSFER_SYNTAXES",
+    "CT_STORAGE_SOP_CLASSES",
+    "LOSSLESS_COMPRESSED_TRANSFER_SYNTAXES",
+    "LOSSY_TRANSFER_SYNTAXES",
+    "OTHER_STORAGE_SOP_CLASSES",
+    "UNCOMPRESSED_TRANSFER_SYNTAXES",
+    "VERIFICATION_SOP_CLASS",
+    "storage_sop_classes",
+]
 
 # Every storage SOP class pynetdicom knows (170 in pynetdicom 3.0), CT excluded. An
 # acceptor may support any number of contexts; the 128 limit is on what one

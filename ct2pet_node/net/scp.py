@@ -4,7 +4,9 @@ The C-STORE handler writes, records, notifies and answers; it never raises
 and never decodes pixels, talks to the GPU or opens a connection. Instances
 of other storage SOP classes (negotiated when ``[node] other_sop_classes``
 is "accept") are acknowledged and dropped: nothing written, only counted
-(:meth:`StorageScp.ignored_counts`) and logged. Status codes it answers:
+(:meth:`StorageScp.ignored_counts`) and logged. What is kept or refused, and
+the write, are :mod:`ct2pet_node.net.intake`'s, shared with the STOW-RS
+receiver. Status codes it answers:
 
 ========  ================================================================
 0x0000    stored, or already stored (a re-sent SOP Instance UID is
@@ -41,8 +43,7 @@ from pynetdicom.events import Event
 
 from ct2pet_node.config import NodeConfig, SecurityConfig
 from ct2pet_node.domain.records import AssociationReleased, InstanceRecord
-from ct2pet_node.domain.uids import AeTitle, Uid
-from ct2pet_node.errors import OutOfSpace, StorageError
+from ct2pet_node.errors import StorageError
 from ct2pet_node.net import tls
 from ct2pet_node.net.contexts import (
     ACCEPTED_TRANSFER_SYNTAXES,
@@ -53,24 +54,22 @@ from ct2pet_node.net.contexts import (
 )
 from ct2pet_node.net.deliveries import AssociationDeliveries
 from ct2pet_node.net.guards import GuardedAssociationServer, OversizedDataSet, pdu_guard
-from ct2pet_node.net.limits import AssociationGate, AssociationLimits
-from ct2pet_node.net.store_header import (
-    CANNOT_PARSE,
-    INVALID_HEADER,
-    Refusal,
-    read_header,
-    series_uid_of,
+from ct2pet_node.net.intake import (
+    INSTANCE_TOO_LARGE,
+    OUT_OF_RESOURCES,
+    SOP_CLASS_MISMATCH,
+    SOP_INSTANCE_MISMATCH,
+    SUCCESS,
+    Arrival,
+    Intake,
 )
+from ct2pet_node.net.limits import AssociationGate, AssociationLimits
+from ct2pet_node.net.store_header import CANNOT_PARSE, INVALID_HEADER
 from ct2pet_node.spool.instances import InstanceSpool
 from ct2pet_node.spool.jobstore import JobStore
 
 log = structlog.get_logger(__name__)
 
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700
-INSTANCE_TOO_LARGE = 0xA701
-SOP_CLASS_MISMATCH = 0xA900
-SOP_INSTANCE_MISMATCH = 0xC212
 __all__ = [
     "CANNOT_PARSE",
     "INSTANCE_TOO_LARGE",
@@ -133,10 +132,10 @@ class StorageScp:
         on_released: Callable[[AssociationReleased], None] | None = None,
     ) -> None:
         self._spool = spool
-        self._store = store
-        self._on_stored = on_stored
+        self._intake = Intake(
+            spool, store, on_stored, security.max_instance_mb * 1024 * 1024, node.other_sop_classes, clock
+        )
         self._deliveries = AssociationDeliveries(on_released, clock)
-        self._clock = clock
         self._address = address or (node.host, node.port)
         self._tcp_nodelay = tcp_nodelay
         self._io_timeout = node.network_timeout_seconds
@@ -144,8 +143,6 @@ class StorageScp:
         self._max_instance_bytes = security.max_instance_mb * 1024 * 1024
         self._server: GuardedAssociationServer | None = None
         self._thread: threading.Thread | None = None
-        self._ignored: dict[str, int] = {}
-        self._ignored_lock = threading.Lock()
         self._node = node
         self._gate = AssociationGate(
             AssociationLimits(max_associations or node.max_associations, security.max_associations_per_peer)
@@ -175,10 +172,14 @@ class StorageScp:
             raise StorageError("the storage SCP is not started; call start() first")
         return int(self._server.server_address[1])
 
+    @property
+    def intake(self) -> Intake:
+        """The rules and the write behind the C-STORE handler, for other receivers (STOW-RS) to share."""
+        return self._intake
+
     def ignored_counts(self) -> dict[str, int]:
         """Instances acknowledged and dropped since start (not CT), by SOP class keyword (its UID if none)."""
-        with self._ignored_lock:
-            return dict(self._ignored)
+        return self._intake.ignored_counts()
 
     def listener_status(self) -> dict[str, Any]:
         """What ``status`` and ``/metrics`` show of the listener; counts since start, no patient data."""
@@ -286,103 +287,28 @@ class StorageScp:
                 return OUT_OF_RESOURCES
 
     def _store_instance(self, event: Event) -> int:
+        """Hand the instance to the intake, the rules and the write it shares with STOW-RS."""
         context = event.context
-        syntax = UID(context.transfer_syntax)
         request = cast(C_STORE, event.request)
-        if context.abstract_syntax not in CT_STORAGE_SOP_CLASSES:
-            return self._drop_instance(event, syntax)
-        if isinstance(request.DataSet, OversizedDataSet):
-            log.warning(
-                "instance_refused",
-                status=f"0x{INSTANCE_TOO_LARGE:04X}",
-                sop_instance_uid=str(request.AffectedSOPInstanceUID),
-                reason=f"data set of {request.DataSet.received} bytes exceeds [security] max_instance_mb "
-                f"({self._max_instance_bytes // (1024 * 1024)} MiB)",
-            )
-            return INSTANCE_TOO_LARGE
-        stream = event.encoded_dataset(include_meta=False)
-        try:
-            header = read_header(stream, syntax.is_implicit_VR, syntax.is_little_endian)
-            if header.sop_instance_uid != str(request.AffectedSOPInstanceUID):
-                raise Refusal(
-                    SOP_INSTANCE_MISMATCH,
-                    f"data set SOPInstanceUID {header.sop_instance_uid} differs from the request's "
-                    f"{request.AffectedSOPInstanceUID}",
-                )
-            if str(header.sop_class_uid) != str(context.abstract_syntax):
-                raise Refusal(
-                    SOP_CLASS_MISMATCH,
-                    f"data set SOPClassUID {header.sop_class_uid} differs from {context.abstract_syntax}",
-                )
-        except Refusal as refusal:
-            log.warning("instance_refused", status=f"0x{refusal.status:04X}", reason=refusal.reason)
-            return refusal.status
-        if self._store.has_instance(header.sop_instance_uid):
-            log.info("instance_duplicate", sop_instance_uid=header.sop_instance_uid)
-            return SUCCESS
-        meta = b"\x00" * 128 + b"DICM" + encode_file_meta(event.file_meta)
-        try:
-            path = self._spool.store(
-                header.study_uid,
-                header.series_uid,
-                header.sop_instance_uid,
-                (meta, stream),
-                len(meta) + len(stream),
-            )
-        except OutOfSpace as error:
-            log.warning("store_refused_out_of_space", reason=str(error))
-            return OUT_OF_RESOURCES
-        record = InstanceRecord(
-            sop_instance_uid=header.sop_instance_uid,
-            sop_class_uid=header.sop_class_uid,
-            series_uid=header.series_uid,
-            study_uid=header.study_uid,
-            modality=header.modality,
-            transfer_syntax_uid=Uid(str(syntax)),
-            calling_ae_title=AeTitle(event.assoc.requestor.ae_title),
-            path=path,
-            received_at=self._clock(),
+        received = request.DataSet
+        oversized = received if isinstance(received, OversizedDataSet) else None
+        dataset = None if oversized is not None else event.encoded_dataset(include_meta=False)
+        arrival = Arrival(
+            sop_class_uid=str(context.abstract_syntax),
+            sop_instance_uid=str(request.AffectedSOPInstanceUID),
+            transfer_syntax=UID(context.transfer_syntax),
+            meta=b""
+            if oversized is not None
+            else b"\x00" * 128 + b"DICM" + encode_file_meta(event.file_meta),
+            dataset=dataset,
+            size=oversized.received if oversized is not None else len(dataset or b""),
+            source=event.assoc.requestor.ae_title,
         )
-        if not self._store.record_instance(record):
-            # Another association stored the same instance a moment ago.
-            log.info("instance_duplicate", sop_instance_uid=header.sop_instance_uid)
-            return SUCCESS
-        log.info(
-            "instance_stored",
-            sop_instance_uid=record.sop_instance_uid,
-            series_uid=record.series_uid,
-            transfer_syntax=record.transfer_syntax_uid,
-            size=len(meta) + len(stream),
-        )
-        self._deliveries.stored(event.assoc, record.series_uid, record.sop_instance_uid)
-        try:
-            self._on_stored(record)
-        except Exception:  # the instance is safe on disk and recorded; the router re-reads the store
-            log.exception("notify_failed", sop_instance_uid=record.sop_instance_uid)
-        return SUCCESS
-
-    def _drop_instance(self, event: Event, syntax: UID) -> int:
-        """Acknowledge an instance the node does not translate, keeping nothing of it.
-
-        Success, not a failure status: a PACS forwarding a whole study counts
-        one failed instance as a failed job, and the CT would be retried
-        with it. The pdu guard has already thrown away all but its first
-        bytes (:class:`~ct2pet_node.net.guards.IgnoredDataSet`).
-        """
-        sop_class = UID(str(event.context.abstract_syntax))
-        name = sop_class.keyword or str(sop_class)  # four recent SR classes have no keyword in pydicom
-        head = event.encoded_dataset(include_meta=False)
-        with self._ignored_lock:
-            self._ignored[name] = self._ignored.get(name, 0) + 1
-        log.info(
-            "instance_ignored",
-            sop_class_uid=str(sop_class),
-            sop_class=name,
-            series_uid=series_uid_of(head, syntax.is_implicit_VR, syntax.is_little_endian),
-            calling_ae=event.assoc.requestor.ae_title,
-            reason="not CT: the node translates CT Image Storage and Enhanced CT Image Storage only",
-        )
-        return SUCCESS
+        outcome = self._intake.receive(arrival)
+        if outcome.record is not None:
+            # The settle rule needs to know which association brought which instances.
+            self._deliveries.stored(event.assoc, outcome.record.series_uid, outcome.record.sop_instance_uid)
+        return outcome.status
 
     def _handle_echo(self, event: Event) -> int:
         log.info("echo_received", calling_ae=event.assoc.requestor.ae_title)

@@ -14,9 +14,13 @@ from io import BytesIO
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag, Tag
+from pydicom.uid import UID, CTImageStorage, EnhancedCTImageStorage
 
 from ct2pet_node.domain.uids import SeriesUid, SopInstanceUid, StudyUid, Uid, is_valid_uid, require_uid
 from ct2pet_node.errors import InputError
+
+# What the node translates; every receiver decides "CT or not" by this.
+CT_STORAGE_SOP_CLASSES: tuple[UID, ...] = (CTImageStorage, EnhancedCTImageStorage)
 
 CANNOT_PARSE = 0xC210
 INVALID_HEADER = 0xC211

@@ -8,8 +8,9 @@ Two kinds of series:
 
 - **Events, counted where they happen** (counters; they start at zero when
   the node starts, which Prometheus' ``rate()`` expects): instances received
-  and rejected (the storage SCP), series completed and refused (every job
-  state change, as the job store's observer), engine seconds and slices
+  and rejected (the storage SCP and the STOW-RS receiver), STOW-RS requests,
+  series completed and refused (every job state change, as the job store's
+  observer), engine seconds and slices
   (the engine worker), instances sent and failed attempts (the sender).
 - **State whose truth is on disk, read at each scrape** (gauges): jobs by
   state and queue depths. They survive a restart and can never disagree
@@ -93,8 +94,14 @@ class NodeMetrics:
         )
         self.instances_rejected = Counter(
             "ct2pet_instances_rejected",
-            "C-STORE requests answered with a failure status, by status.",
+            "Instances refused (a C-STORE or a STOW-RS part answered with a failure status), by status.",
             ["status"],
+            registry=registry,
+        )
+        self.stow_requests = Counter(
+            "ct2pet_stow_requests",
+            "STOW-RS requests answered, by HTTP status (200 all stored, 202 some, 409 none, 401 no token).",
+            ["code"],
             registry=registry,
         )
         self.series_completed = Counter(
@@ -191,8 +198,12 @@ class NodeMetrics:
         self.instances_received.inc()
 
     def instance_rejected(self, status: int) -> None:
-        """The storage SCP answered a C-STORE with failure ``status`` (e.g. 0xA700)."""
+        """A C-STORE or a STOW-RS part was answered with failure ``status`` (e.g. 0xA700)."""
         self.instances_rejected.labels(status=f"0x{status:04X}").inc()
+
+    def stow_answered(self, code: int) -> None:
+        """The STOW-RS receiver answered a request with HTTP status ``code``."""
+        self.stow_requests.labels(code=str(code)).inc()
 
     def job_moved(self, job: Job, previous: JobState) -> None:
         """A job state change, committed (the job store's observer)."""

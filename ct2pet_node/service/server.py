@@ -7,10 +7,12 @@ As uvicorn splits ``Config`` from ``Server``: the frozen configuration
 
 Start: recover the jobs a crash or a stop left half-way, then the router,
 the engine worker, the sender, retention (its first pass makes room on a
-full disk), the admin endpoint, and the storage SCP last,
+full disk), the admin endpoint, the STOW-RS receiver (when configured), and
+the storage SCP last,
 so nothing is accepted before there is somewhere for it to go.
 
-Stop (the reverse): stop accepting and let open associations finish, flush
+Stop (the reverse): stop accepting (STOW-RS, then DICOM) and let open requests
+and associations finish, flush
 the router, let the engine finish or checkpoint the current job (asked
 first, so it checkpoints while associations drain), stop the sender and
 retention, then the admin endpoint and the stores. A second SIGTERM or SIGINT forces exit;
@@ -49,7 +51,7 @@ log = structlog.get_logger(__name__)
 
 
 class AdminListener(Protocol):
-    """What the server needs of the admin HTTP endpoint: the web room builds it, above us."""
+    """What the server needs of an HTTP listener (admin, STOW-RS): the web room builds it, above us."""
 
     @property
     def address(self) -> tuple[str, int]: ...
@@ -82,6 +84,7 @@ class Components:
     metrics: NodeMetrics
     errors: RecentErrors
     retention: Retention
+    stow: AdminListener | None = None  # the STOW-RS receiver, when [dicomweb] listen is set
 
 
 class Server:
@@ -114,12 +117,15 @@ class Server:
         parts.sender.start()
         parts.retention.start()  # a first pass now: a node restarted on a full disk makes room
         parts.admin.start()
+        if parts.stow is not None:
+            parts.stow.start()
         parts.scp.start()
         log.info(
             "node_started",
             version=__version__,
             ae_title=self.config.node.ae_title,
             port=self.config.node.port,
+            stow_port=parts.stow.address[1] if parts.stow is not None else None,
             model_id=parts.worker.translator.model_id,
             destinations=[d.name for d in self.config.destinations],
         )
@@ -133,6 +139,8 @@ class Server:
         log.info("node_stopping")
         # The engine starts checkpointing now, while associations drain, not after them.
         parts.worker.request_stop()
+        if parts.stow is not None:  # stop accepting over HTTP too; a request in flight may finish
+            parts.stow.stop()
         parts.scp.stop(SCP_DRAIN_SECONDS)
         parts.router.stop(ROUTER_STOP_SECONDS)
         if not parts.worker.stop(ENGINE_STOP_SECONDS):

@@ -174,7 +174,7 @@ def test_engine_fast_path_keys_reach_the_loaded_pipeline(tiny_weights: Path, tmp
 
 def test_the_listener_counts_reach_status_and_metrics(server: Server) -> None:
     scp, metrics = server.components.scp, server.components.metrics
-    scp._ignored["PositronEmissionTomographyImageStorage"] = 3  # what three dropped PET slices leave
+    scp.intake._ignored["PositronEmissionTomographyImageStorage"] = 3  # what three dropped PET slices leave
     scp._gate.rejections.count("max_associations_per_peer")
     server.start()
     host, port = server.components.admin.address
