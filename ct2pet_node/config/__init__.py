@@ -10,7 +10,7 @@ with its key and its fix instead of stopping at the first.
 reading and merging. Import from here: this package's names are its API.
 """
 
-from ct2pet_node.config.engine_ray import BACKENDS, RAY_FALLBACKS, RayConfig
+from ct2pet_node.config.engine_ray import BACKENDS, RAY_FALLBACKS, RayConfig, with_ray_address
 from ct2pet_node.config.load import DEFAULT_CONFIG_PATH, load_config, parse_config
 from ct2pet_node.config.model import (
     AUTO,
@@ -66,4 +66,5 @@ __all__ = [
     "SecurityConfig",
     "load_config",
     "parse_config",
+    "with_ray_address",
 ]
