@@ -216,15 +216,35 @@ def _write_series(
     progress: Callable[[int, int], None],
 ) -> Sequence[WrittenSeries]:
     """Translate and write into ``<series>.partial/``, mark it finished, and rename it into place."""
-    assert series.qualified is not None
     final = target.series_dir(series)
     partial = final.with_name(final.name + PARTIAL_SUFFIX)
     # What an interrupted run left is incomplete by definition: start from nothing.
     shutil.rmtree(partial, ignore_errors=True)
+    try:
+        written = _write_partial(config, series, translator, sampling, target, progress, partial)
+    except Exception:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if final.exists():
+        shutil.rmtree(final)  # finished with other settings, or without a marker: replaced whole
+    os.replace(partial, final)
+    fsync_dir(final.parent)
+    return [replace(w, paths=tuple(final / p.relative_to(partial) for p in w.paths)) for w in written]
+
+
+def _write_partial(
+    config: Config,
+    series: PlannedSeries,
+    translator: Translator,
+    sampling: Sampling,
+    target: ArchiveTarget,
+    progress: Callable[[int, int], None],
+    partial: Path,
+) -> list[WrittenSeries]:
+    assert series.qualified is not None
     ct = build_ct_volume(series.qualified)
-    reference = next(
-        h.path for h in series.found.headers if h.sop_instance_uid == ct.sources[0].sop_instance_uid
-    )
+    first = ct.sources[0].sop_instance_uid
+    reference = next(h.path for h in series.found.headers if h.sop_instance_uid == first)
     written = convert_volume(config, ct, reference, translator, sampling, partial, progress=progress)
     marker = {
         "series_uid": series.found.series_uid,
@@ -237,11 +257,7 @@ def _write_series(
     # The marker goes in last: a folder holding it holds every file of the series.
     atomic_write_json(partial / MARKER_NAME, marker, mode=UMASK_FILE_MODE, indent=2)
     fsync_dir(partial)
-    if final.exists():
-        shutil.rmtree(final)  # written with other settings, or left by a run that predates markers
-    os.replace(partial, final)
-    fsync_dir(final.parent)
-    return [replace(w, paths=tuple(final / p.relative_to(partial) for p in w.paths)) for w in written]
+    return written
 
 
 def wait_for_engine(translator: Translator, timeout: float = ENGINE_WAIT_SECONDS) -> None:
