@@ -92,7 +92,7 @@ def convert_volume(
     log.info("model_grid_mapped", series_uid=ct.series_uid, geometry=mapping.describe())
     region = mapping.to_region(ct.hu)
     if hasattr(translator, "translate_chunks"):
-        values = _translate_spread(translator, region, ct.kvp, sampling, progress)
+        values = _translate_spread(translator, region, mapping.matrix, ct.kvp, sampling, progress)
     else:
         values = translator.translate_region(
             region, kvp=ct.kvp, steps=sampling.steps, eta=sampling.eta, seed=sampling.seed, progress=progress
@@ -118,13 +118,15 @@ def convert_volume(
 def _translate_spread(
     translator: Translator,
     region: np.ndarray,
+    matrix: int,
     kvp: float | None,
     sampling: Sampling,
     progress: Callable[[int, int], None] | None,
 ) -> np.ndarray:
+    """(N, region rows, region columns) HU -> (N, matrix, matrix) on the model grid, chunk by chunk."""
     count = region.shape[0]
     chunks = [range(start, min(start + CHUNK_SLICES, count)) for start in range(0, count, CHUNK_SLICES)]
-    out = np.empty((count, region.shape[1], region.shape[2]), dtype=np.float32)
+    out = np.empty((count, matrix, matrix), dtype=np.float32)
     done = 0
     finished = translator.translate_chunks(  # type: ignore[attr-defined]
         region, chunks, kvp=kvp, steps=sampling.steps, eta=sampling.eta, seed=sampling.seed

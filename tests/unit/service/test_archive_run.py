@@ -6,6 +6,7 @@ import dataclasses
 import json
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -15,6 +16,7 @@ from fakes import FakeModel
 from studyfactory import make_pet_series
 
 from ct2pet_node.config import Config, load_config
+from ct2pet_node.domain.model_grid import ModelFrame
 from ct2pet_node.errors import EngineError, EngineUnavailable, InputError
 from ct2pet_node.service.archive_run import (
     MARKER_NAME,
@@ -55,7 +57,16 @@ class CountingTranslator(FakeModel):
         return np.clip((hu + 1000.0) / 2000.0 + (seed or 0) * 1e-3, 0.0, 1.0).astype(np.float32)
 
 
-class SpreadTranslator(CountingTranslator):
+class HalvingTranslator(CountingTranslator):
+    """A model whose matrix is half the CT's (16 pixels of 1.8 mm): its output is smaller than its input."""
+
+    frame = ModelFrame(16, 1.8)
+
+    def translate_region(self, hu: np.ndarray, *args: Any, **kwargs: Any) -> np.ndarray:
+        return super().translate_region(hu, *args, **kwargs)[:, ::2, ::2]
+
+
+class SpreadTranslator(HalvingTranslator):
     """A translator that spreads chunks (as the Ray one does) and yields them last first."""
 
     def translate_chunks(
@@ -232,7 +243,7 @@ def test_a_spreading_translator_gets_chunks_and_writes_what_one_region_would(tmp
     make_ct_series(tmp_path / "in", n=40, name="long", rows=32, cols=32)
     spread = SpreadTranslator()
     convert_archive(_config(), tmp_path / "in", tmp_path / "spread", spread)
-    convert_archive(_config(), tmp_path / "in", tmp_path / "whole", CountingTranslator())
+    convert_archive(_config(), tmp_path / "in", tmp_path / "whole", HalvingTranslator())
 
     assert sorted(spread.calls) == [8, 16, 16]
     for kind in ("secondary-capture", "pet"):
