@@ -160,6 +160,7 @@ def scan_archive(
     folder: Path,
     read_header: Callable[[Path], SliceHeader],
     is_dicom: Callable[[Path], bool] = is_dicom_file,
+    exclude: Path | None = None,
 ) -> ArchiveScan:
     """Read the header of every file under ``folder`` (recursively) and group them by series.
 
@@ -169,6 +170,8 @@ def scan_archive(
         Path -> SliceHeader, header only
         (:func:`ct2pet_node.dicom.headers.read_slice_header`); an
         :class:`InputError` marks a DICOM file that is not an image slice.
+    exclude : pathlib.Path, optional
+        A folder not to read (the results, when they are written inside the archive).
 
     Raises
     ------
@@ -179,7 +182,10 @@ def scan_archive(
         raise InputError(f"{folder} is not a directory; give the folder that holds the studies")
     headers: list[SliceHeader] = []
     not_dicom = not_image = 0
+    skip = exclude.resolve() if exclude is not None else None
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        if skip is not None and path.resolve().is_relative_to(skip):
+            continue
         if not is_dicom(path):
             not_dicom += 1
             continue

@@ -122,7 +122,7 @@ def convert_archive(
         The Ray cluster cannot be reached (``fallback = "wait"``); finished
         series stay finished and a rerun resumes.
     """
-    scan = scan_archive(in_dir, read_slice_header)
+    scan = scan_archive(in_dir, read_slice_header, exclude=out_dir)
     if not scan.series:
         raise InputError(
             f"no DICOM image found under {in_dir} ({scan.not_dicom} files not DICOM, {scan.not_image} "

@@ -254,6 +254,20 @@ def test_a_spreading_translator_gets_chunks_and_writes_what_one_region_would(tmp
             assert np.array_equal(pydicom.dcmread(left).pixel_array, pydicom.dcmread(right).pixel_array)
 
 
+def test_results_written_inside_the_archive_are_not_read_as_part_of_it(tmp_path: Path) -> None:
+    make_ct_series(tmp_path / "archive" / "ct", n=6, name="a", rows=32, cols=32)
+    convert_archive(_config(), tmp_path / "archive", tmp_path / "archive" / "results", CountingTranslator())
+
+    summary = convert_archive(
+        _config(), tmp_path / "archive", tmp_path / "archive" / "results", CountingTranslator()
+    )
+
+    assert [(o.series_uid, o.state.value) for o in summary.outcomes] == [
+        (series_uid_for("a"), "already converted")
+    ]
+    assert (summary.not_dicom, summary.not_image) == (0, 0)
+
+
 def test_a_folder_without_dicom_images_is_an_input_error(tmp_path: Path) -> None:
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "readme.txt").write_text("nothing here")
