@@ -11,7 +11,7 @@ reading and merging. Import from here: this package's names are its API.
 """
 
 from ct2pet_node.config.dicomweb import DicomwebEndpoint, DicomwebListener
-from ct2pet_node.config.engine_ray import BACKENDS, RAY_FALLBACKS, RayConfig
+from ct2pet_node.config.engine_ray import BACKENDS, RAY_FALLBACKS, RayConfig, with_ray_address
 from ct2pet_node.config.load import DEFAULT_CONFIG_PATH, load_config, parse_config
 from ct2pet_node.config.model import (
     AUTO,
@@ -75,4 +75,5 @@ __all__ = [
     "Source",
     "load_config",
     "parse_config",
+    "with_ray_address",
 ]

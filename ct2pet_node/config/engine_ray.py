@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ct2pet_node.config.checks import Checker
+from ct2pet_node.errors import ConfigError
 
 BACKENDS = ("local", "ray")
 # What the node does while the Ray cluster cannot be reached: keep jobs WAITING, or translate here.
@@ -43,6 +44,19 @@ class RayConfig:
 def _address(value: str) -> bool:
     host, _, port = value.rpartition(":")
     return bool(host) and port.isdigit() and 1 <= int(port) <= 65535
+
+
+def with_ray_address(ray: RayConfig, address: str) -> RayConfig:
+    """``ray`` with the head at ``address`` (a command's ``--ray``), checked as ``[engine.ray] address`` is.
+
+    Raises
+    ------
+    ConfigError
+        ``address`` is not ``host:port``.
+    """
+    if not _address(address):
+        raise ConfigError([f'--ray {address!r}: give the Ray head\'s "host:port", e.g. 10.0.0.5:6379'])
+    return replace(ray, address=address)
 
 
 def parse_ray(check: Checker, engine: Mapping[str, Any]) -> RayConfig:

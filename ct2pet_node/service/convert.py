@@ -16,10 +16,11 @@ import structlog
 
 from ct2pet_node.config import Config
 from ct2pet_node.dicom.volume import build_ct_volume, scan_folder
+from ct2pet_node.domain.volume import CtVolume
 from ct2pet_node.errors import EngineError, InputError, SeriesRefused
 from ct2pet_node.routing.qualify import qualify_series
 from ct2pet_node.service.synthesis import Sampling, WrittenSeries, map_to_model, write_outputs
-from ct2pet_node.service.worker import Translator
+from ct2pet_node.service.worker import CHUNK_SLICES, Translator
 
 log = structlog.get_logger(__name__)
 
@@ -57,33 +58,85 @@ def convert_folder(
             results.append(ConvertResult(series_uid, len(headers), (), str(refusal)))
             continue
         callback = progress(series_uid, ct.hu.shape[0]) if progress else None
-        mapping = map_to_model(ct, translator.frame)
-        log.info("model_grid_mapped", series_uid=series_uid, geometry=mapping.describe())
-        values = translator.translate_region(
-            mapping.to_region(ct.hu),
-            kvp=ct.kvp,
-            steps=sampling.steps,
-            eta=sampling.eta,
-            seed=sampling.seed,
-            progress=callback,
-        )
-        if not np.all(np.isfinite(values)):
-            raise EngineError(
-                f"the engine produced NaN or infinite values for series {series_uid}; nothing was written "
-                "for it: check the weights with `ct2pet-node weights verify`"
-            )
         reference = next(h.path for h in headers if h.sop_instance_uid == ct.sources[0].sop_instance_uid)
-        written = write_outputs(
-            ct,
-            values,
-            mapping,
-            model_id=translator.model_id,
-            output_units=translator.output_units,
-            sampling=sampling,
-            output=config.output,
-            reference_header=reference,
-            out_root=out_dir / series_uid,
+        written = convert_volume(
+            config, ct, reference, translator, sampling, out_dir / series_uid, progress=callback
         )
         log.info("series_converted", series_uid=series_uid, slices=ct.hu.shape[0])
         results.append(ConvertResult(series_uid, ct.hu.shape[0], tuple(written), None))
     return results
+
+
+def convert_volume(
+    config: Config,
+    ct: CtVolume,
+    reference_header: Path,
+    translator: Translator,
+    sampling: Sampling,
+    out_root: Path,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[WrittenSeries]:
+    """Translate one qualified CT volume and write every configured output kind under ``out_root``.
+
+    A translator that spreads chunks (a Ray cluster's actors) gets the
+    volume in the worker's chunks, all at once; ``progress(done, total)``
+    then counts slices, else the translator's own units.
+
+    Raises
+    ------
+    EngineError
+        The engine produced NaN or infinite values; nothing is written.
+    """
+    mapping = map_to_model(ct, translator.frame)
+    log.info("model_grid_mapped", series_uid=ct.series_uid, geometry=mapping.describe())
+    region = mapping.to_region(ct.hu)
+    if hasattr(translator, "translate_chunks"):
+        values = _translate_spread(translator, region, mapping.matrix, ct.kvp, sampling, progress)
+    else:
+        values = translator.translate_region(
+            region, kvp=ct.kvp, steps=sampling.steps, eta=sampling.eta, seed=sampling.seed, progress=progress
+        )
+    if not np.all(np.isfinite(values)):
+        raise EngineError(
+            f"the engine produced NaN or infinite values for series {ct.series_uid}; nothing was written "
+            "for it: check the weights with `ct2pet-node weights verify`"
+        )
+    return write_outputs(
+        ct,
+        values,
+        mapping,
+        model_id=translator.model_id,
+        output_units=translator.output_units,
+        sampling=sampling,
+        output=config.output,
+        reference_header=reference_header,
+        out_root=out_root,
+    )
+
+
+def _translate_spread(
+    translator: Translator,
+    region: np.ndarray,
+    matrix: int,
+    kvp: float | None,
+    sampling: Sampling,
+    progress: Callable[[int, int], None] | None,
+) -> np.ndarray:
+    """(N, region rows, region columns) HU -> (N, matrix, matrix) on the model grid, chunk by chunk."""
+    count = region.shape[0]
+    chunks = [range(start, min(start + CHUNK_SLICES, count)) for start in range(0, count, CHUNK_SLICES)]
+    out = np.empty((count, matrix, matrix), dtype=np.float32)
+    done = 0
+    finished = translator.translate_chunks(  # type: ignore[attr-defined]
+        region, chunks, kvp=kvp, steps=sampling.steps, eta=sampling.eta, seed=sampling.seed
+    )
+    try:
+        for chunk, values in finished:
+            out[chunk.start : chunk.stop] = values
+            done += len(chunk)
+            if progress is not None:
+                progress(done, count)
+    finally:
+        finished.close()
+    return out
