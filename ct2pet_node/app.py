@@ -61,6 +61,7 @@ def build_server(config: Config, translator: Translator | None = None) -> Server
 def _components(
     config: Config, translator: Translator | None, metrics: NodeMetrics, store: JobStore, outbox: Outbox
 ) -> Components:
+    from ct2pet_node.service.fetch import Fetcher
     from ct2pet_node.service.listener import CountingStorageScp
     from ct2pet_node.service.sender import Sender, counting_sender, scu_sender
     from ct2pet_node.spool.instances import InstanceSpool
@@ -127,6 +128,7 @@ def _components(
             facts=node_facts(config),
             token=config.admin.token,
             actions=job_actions(config),
+            fetch=Fetcher(config, scp.intake, store, scu_timeouts(config)).fetch,
         ),
     )
     retention = Retention(config, store, outbox)

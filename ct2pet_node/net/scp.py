@@ -36,13 +36,11 @@ import structlog
 from pydicom.uid import UID
 from pynetdicom import AE, evt
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.events import Event
 
 from ct2pet_node.config import NodeConfig, SecurityConfig
 from ct2pet_node.domain.records import InstanceRecord
-from ct2pet_node.domain.uids import AeTitle, Uid
-from ct2pet_node.errors import OutOfSpace, StorageError
+from ct2pet_node.errors import StorageError
 from ct2pet_node.net import tls
 from ct2pet_node.net.contexts import (
     ACCEPTED_TRANSFER_SYNTAXES,
@@ -52,24 +50,22 @@ from ct2pet_node.net.contexts import (
     storage_sop_classes,
 )
 from ct2pet_node.net.guards import GuardedAssociationServer, OversizedDataSet, pdu_guard
-from ct2pet_node.net.limits import AssociationGate, AssociationLimits
-from ct2pet_node.net.store_header import (
-    CANNOT_PARSE,
-    INVALID_HEADER,
-    Refusal,
-    read_header,
-    series_uid_of,
+from ct2pet_node.net.intake import (
+    OUT_OF_RESOURCES,
+    SOP_CLASS_MISMATCH,
+    SOP_INSTANCE_MISMATCH,
+    SUCCESS,
+    InstanceIntake,
+    answer_store,
 )
+from ct2pet_node.net.limits import AssociationGate, AssociationLimits
+from ct2pet_node.net.store_header import CANNOT_PARSE, INVALID_HEADER, series_uid_of
 from ct2pet_node.spool.instances import InstanceSpool
 from ct2pet_node.spool.jobstore import JobStore
 
 log = structlog.get_logger(__name__)
 
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700
 INSTANCE_TOO_LARGE = 0xA701
-SOP_CLASS_MISMATCH = 0xA900
-SOP_INSTANCE_MISMATCH = 0xC212
 __all__ = [
     "CANNOT_PARSE",
     "INSTANCE_TOO_LARGE",
@@ -127,10 +123,8 @@ class StorageScp:
         tcp_nodelay: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._spool = spool
-        self._store = store
-        self._on_stored = on_stored
-        self._clock = clock
+        # Shared with what `fetch` retrieves by C-GET or WADO-RS: one way into the spool and the router.
+        self.intake = InstanceIntake(spool, store, on_stored, clock)
         self._address = address or (node.host, node.port)
         self._tcp_nodelay = tcp_nodelay
         self._io_timeout = node.network_timeout_seconds
@@ -201,7 +195,7 @@ class StorageScp:
             (evt.EVT_ABORTED, self._handle_aborted),
             (evt.EVT_PDU_RECV, pdu_guard(self._max_instance_bytes, CT_STORAGE_SOP_CLASSES)),
         ]
-        self._spool.sweep_partial_files()  # a crash mid-write left them; never acknowledged
+        self.intake.sweep_partial_files()
         try:
             server = cast(
                 GuardedAssociationServer,
@@ -264,25 +258,12 @@ class StorageScp:
     # Event handlers: run on pynetdicom's association threads --------------------------------
 
     def _handle_store(self, event: Event) -> int:
-        association = event.assoc
-        with structlog.contextvars.bound_contextvars(
-            calling_ae=association.requestor.ae_title, assoc_id=association.native_id
-        ):
-            try:
-                return self._store_instance(event)
-            except StorageError as error:  # e.g. the job store's disk is full: the sender retries later
-                log.warning("store_refused_storage_error", reason=str(error))
-                return OUT_OF_RESOURCES
-            except Exception:  # top of a pynetdicom thread: answer, never raise
-                log.exception("store_failed")
-                return OUT_OF_RESOURCES
+        return answer_store(event, self._store_instance)
 
     def _store_instance(self, event: Event) -> int:
-        context = event.context
-        syntax = UID(context.transfer_syntax)
+        if event.context.abstract_syntax not in CT_STORAGE_SOP_CLASSES:
+            return self._drop_instance(event, UID(event.context.transfer_syntax))
         request = cast(C_STORE, event.request)
-        if context.abstract_syntax not in CT_STORAGE_SOP_CLASSES:
-            return self._drop_instance(event, syntax)
         if isinstance(request.DataSet, OversizedDataSet):
             log.warning(
                 "instance_refused",
@@ -292,65 +273,7 @@ class StorageScp:
                 f"({self._max_instance_bytes // (1024 * 1024)} MiB)",
             )
             return INSTANCE_TOO_LARGE
-        stream = event.encoded_dataset(include_meta=False)
-        try:
-            header = read_header(stream, syntax.is_implicit_VR, syntax.is_little_endian)
-            if header.sop_instance_uid != str(request.AffectedSOPInstanceUID):
-                raise Refusal(
-                    SOP_INSTANCE_MISMATCH,
-                    f"data set SOPInstanceUID {header.sop_instance_uid} differs from the request's "
-                    f"{request.AffectedSOPInstanceUID}",
-                )
-            if str(header.sop_class_uid) != str(context.abstract_syntax):
-                raise Refusal(
-                    SOP_CLASS_MISMATCH,
-                    f"data set SOPClassUID {header.sop_class_uid} differs from {context.abstract_syntax}",
-                )
-        except Refusal as refusal:
-            log.warning("instance_refused", status=f"0x{refusal.status:04X}", reason=refusal.reason)
-            return refusal.status
-        if self._store.has_instance(header.sop_instance_uid):
-            log.info("instance_duplicate", sop_instance_uid=header.sop_instance_uid)
-            return SUCCESS
-        meta = b"\x00" * 128 + b"DICM" + encode_file_meta(event.file_meta)
-        try:
-            path = self._spool.store(
-                header.study_uid,
-                header.series_uid,
-                header.sop_instance_uid,
-                (meta, stream),
-                len(meta) + len(stream),
-            )
-        except OutOfSpace as error:
-            log.warning("store_refused_out_of_space", reason=str(error))
-            return OUT_OF_RESOURCES
-        record = InstanceRecord(
-            sop_instance_uid=header.sop_instance_uid,
-            sop_class_uid=header.sop_class_uid,
-            series_uid=header.series_uid,
-            study_uid=header.study_uid,
-            modality=header.modality,
-            transfer_syntax_uid=Uid(str(syntax)),
-            calling_ae_title=AeTitle(event.assoc.requestor.ae_title),
-            path=path,
-            received_at=self._clock(),
-        )
-        if not self._store.record_instance(record):
-            # Another association stored the same instance a moment ago.
-            log.info("instance_duplicate", sop_instance_uid=header.sop_instance_uid)
-            return SUCCESS
-        log.info(
-            "instance_stored",
-            sop_instance_uid=record.sop_instance_uid,
-            series_uid=record.series_uid,
-            transfer_syntax=record.transfer_syntax_uid,
-            size=len(meta) + len(stream),
-        )
-        try:
-            self._on_stored(record)
-        except Exception:  # the instance is safe on disk and recorded; the router re-reads the store
-            log.exception("notify_failed", sop_instance_uid=record.sop_instance_uid)
-        return SUCCESS
+        return self.intake.store_event(event)
 
     def _drop_instance(self, event: Event, syntax: UID) -> int:
         """Acknowledge an instance the node does not translate, keeping nothing of it.
