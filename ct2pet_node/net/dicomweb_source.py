@@ -39,7 +39,7 @@ def search_series(name: str, endpoint: DicomwebEndpoint, study_uid: StudyUid) ->
         The service cannot be reached or answers with an error.
     """
     session = session_for(endpoint)
-    client = DICOMwebClient(url=endpoint.url, session=session)
+    client = _client(endpoint, session)
     try:
         answers = client.search_for_series(
             study_instance_uid=study_uid,
@@ -66,7 +66,7 @@ def retrieve_series(
         The service cannot be reached, or some instances could not be kept.
     """
     session = session_for(endpoint)
-    client = DICOMwebClient(url=endpoint.url, session=session)
+    client = _client(endpoint, session)
     kept = refused = 0
     # Recorded as the instances' calling AE title, where a pushed instance has its sender's.
     via = AeTitle(name[:16])
@@ -91,6 +91,14 @@ def retrieve_series(
         )
     log.info("series_retrieved", source=name, series_uid=series_uid, method="WADO-RS", instances=kept)
     return kept
+
+
+def _client(endpoint: DicomwebEndpoint, session: requests.Session) -> DICOMwebClient:
+    client = DICOMwebClient(url=endpoint.url, session=session)
+    # The library's default, five attempts with exponential back-off, keeps an operator waiting 30 s
+    # to hear that a PACS is down; one retry still rides out a blip.
+    client.set_http_retry_params(max_attempts=2)
+    return client
 
 
 def _unreachable(name: str, endpoint: DicomwebEndpoint, what: str, error: Exception) -> SourceError:

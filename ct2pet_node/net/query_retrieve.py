@@ -153,7 +153,7 @@ def _open(
     peer = Destination(name=source.name, ae_title=source.ae_title, host=source.host, port=source.port)
     assoc, problem, detail = _associate(peer, calling_ae, contexts, timeouts, **options)
     if problem is not None:
-        raise SourceError(f"source {detail}")
+        raise SourceError(f"source {source.name}: {detail}")
     return assoc
 
 

@@ -49,6 +49,7 @@ def _node_config(data_dir: Path, weights: Path) -> str:
         f'[[sources]]\nname = "pacs-move"\n{orthanc}'
         f'[[sources]]\nname = "pacs-get"\n{orthanc}retrieve = "c-get"\n'
         f'[[sources]]\nname = "pacs-web"\ntype = "dicomweb"\nurl = "http://127.0.0.1:{ORTHANC_HTTP_PORT}/dicom-web"\n'
+        f'[[sources]]\nname = "pacs-down"\nae_title = "ORTHANC"\nhost = "127.0.0.1"\nport = {ORTHANC_DICOM_PORT + 1}\n'
     )
 
 
@@ -186,6 +187,17 @@ def test_fetch_pulls_ct_by_c_move_c_get_and_wado_rs_and_says_when_a_study_has_no
                 )
             assert len(orthanc.rest("/series")) == 5 + 3  # one synthetic series per fetched CT series
 
+            # Fetched again: delivered again, kept once, no second job and nothing new at the destination.
+            first_job = node.job_for(series_uid_for("ct-a"))
+            again = node.fetch(
+                "--source", "pacs-get", "--study", studies["A"], "--series", series_uid_for("ct-a")
+            )
+            assert again.returncode == 0, again.stderr
+            assert f"8 received, job {first_job.id if first_job else '?'}" in again.stdout
+            time.sleep(3)  # longer than the quiet time: a new job would have been made by now
+            assert node.jobs() == [job for job in node.jobs() if job.state is JobState.DONE]
+            assert len(node.jobs()) == 3 and len(orthanc.rest("/series")) == 5 + 3
+
             # Nothing to take: said so, exit code 2; an unknown source too.
             none = node.fetch("--source", "pacs-web", "--study", studies["D"])
             assert none.returncode == 2
@@ -194,6 +206,8 @@ def test_fetch_pulls_ct_by_c_move_c_get_and_wado_rs_and_says_when_a_study_has_no
             assert dimse_none.returncode == 2 and "has no CT series (found: PT)" in dimse_none.stderr
             unknown = node.fetch("--source", "nowhere", "--study", studies["A"])
             assert unknown.returncode == 2 and "no source named 'nowhere'" in unknown.stderr
+            down = node.fetch("--source", "pacs-down", "--study", studies["A"])
+            assert down.returncode == 2 and "source pacs-down: cannot connect" in down.stderr
         finally:
             node.stop()
     logged = node.log_path.read_text(errors="replace")
@@ -201,7 +215,9 @@ def test_fetch_pulls_ct_by_c_move_c_get_and_wado_rs_and_says_when_a_study_has_no
     retrieved = {
         event["method"]: event["instances"] for event in events if event["event"] == "series_retrieved"
     }
-    assert retrieved == {"C-MOVE": SLICES, "C-GET": SLICES, "WADO-RS": SLICES}
-    assert sum(event["event"] == "admin_fetch" for event in events) == 7  # who asked, every time
+    methods = [event["method"] for event in events if event["event"] == "series_retrieved"]
+    assert methods == ["C-MOVE", "C-GET", "WADO-RS", "C-GET"]
+    assert set(retrieved.values()) == {SLICES}
+    assert sum(event["event"] == "admin_fetch" for event in events) == 9  # who asked, every time
     # Orthanc's C-FIND and QIDO-RS answers carry the patient's name and ID; none of it is logged.
     assert PATIENT_NAME not in logged and PATIENT_ID not in logged
