@@ -79,7 +79,8 @@ def retrieve_series(
                     "instance_refused", source=name, status=f"0x{refusal.status:04X}", reason=refusal.reason
                 )
                 status = refusal.status
-            kept, refused = (kept + 1, refused) if status == SUCCESS else (kept, refused + 1)
+            if status is not None:
+                kept, refused = (kept + 1, refused) if status == SUCCESS else (kept, refused + 1)
     except (requests.RequestException, OSError) as error:
         raise _unreachable(name, endpoint, f"WADO-RS retrieval of series {series_uid}", error) from None
     finally:

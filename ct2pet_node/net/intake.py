@@ -25,6 +25,7 @@ from pynetdicom.events import Event
 from ct2pet_node.domain.records import InstanceRecord
 from ct2pet_node.domain.uids import AeTitle, Uid
 from ct2pet_node.errors import OutOfSpace, StorageError
+from ct2pet_node.net.contexts import CT_STORAGE_SOP_CLASSES
 from ct2pet_node.net.store_header import CANNOT_PARSE, Refusal, StoreHeader, read_header
 from ct2pet_node.spool.instances import InstanceSpool
 from ct2pet_node.spool.jobstore import JobStore
@@ -104,8 +105,14 @@ class InstanceIntake:
         meta = b"\x00" * 128 + b"DICM" + encode_file_meta(event.file_meta)
         return self._keep(header, meta, stream, syntax, AeTitle(event.assoc.requestor.ae_title))
 
-    def store_dataset(self, dataset: Dataset, source_ae: AeTitle) -> int:
+    def store_dataset(self, dataset: Dataset, source_ae: AeTitle) -> int | None:
         """Keep a decoded data set (a WADO-RS retrieval), re-encoded in its own transfer syntax.
+
+        Returns
+        -------
+        int or None
+            The status a C-STORE of it would have been answered with; None when
+            it is not CT and was dropped, as the storage SCP drops such an instance.
 
         Raises
         ------
@@ -123,6 +130,15 @@ class InstanceIntake:
             raise Refusal(CANNOT_PARSE, f"data set cannot be encoded in {syntax}: {error}") from error
         stream = buffer.getvalue()
         header = read_header(stream, syntax.is_implicit_VR, syntax.is_little_endian)
+        if UID(header.sop_class_uid) not in CT_STORAGE_SOP_CLASSES:
+            # A CT series may carry a dose report or a screen capture; only CT images are translated.
+            log.info(
+                "instance_ignored",
+                sop_class_uid=header.sop_class_uid,
+                series_uid=header.series_uid,
+                reason="not CT: the node translates CT Image Storage and Enhanced CT Image Storage only",
+            )
+            return None
         meta_set = FileMetaDataset()
         meta_set.MediaStorageSOPClassUID = UID(header.sop_class_uid)
         meta_set.MediaStorageSOPInstanceUID = UID(header.sop_instance_uid)

@@ -8,7 +8,12 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    XRayRadiationDoseSRStorage,
+)
 
 from ct2pet_node.domain.records import InstanceRecord
 from ct2pet_node.domain.uids import AeTitle
@@ -77,4 +82,14 @@ def test_a_data_set_without_its_keys_is_refused_and_nothing_kept(
     with pytest.raises(Refusal) as refused:
         keep.store_dataset(broken, AeTitle("pacs-web"))
     assert refused.value.status == INVALID_HEADER and "SeriesInstanceUID" in refused.value.reason
+    assert told == [] and store.instances_of(SERIES) == []
+
+
+def test_a_data_set_that_is_not_ct_is_dropped_as_the_scp_drops_it(
+    intake: tuple[InstanceIntake, JobStore, list[InstanceRecord]],
+) -> None:
+    keep, store, told = intake
+    report = _ct(2)
+    report.SOPClassUID = XRayRadiationDoseSRStorage
+    assert keep.store_dataset(report, AeTitle("pacs-web")) is None
     assert told == [] and store.instances_of(SERIES) == []
