@@ -15,6 +15,7 @@ from ct2pet_node.config import Config
 from ct2pet_node.domain.records import InstanceRecord
 from ct2pet_node.errors import EngineError, WeightsError
 from ct2pet_node.routing.delivery import RetrySchedule
+from ct2pet_node.service.fetch import Fetcher
 from ct2pet_node.service.metrics import NodeMetrics
 from ct2pet_node.service.progress import ProgressBoard
 from ct2pet_node.service.queue import InProcessQueue
@@ -119,7 +120,7 @@ def _components(
 
     stow = stow_server(config, scp, metrics)
     try:
-        admin = admin_server(config, sources, metrics, store)
+        admin = admin_server(config, sources, metrics, store, scp)
     except BaseException:
         if stow is not None:
             stow.stop()
@@ -129,7 +130,7 @@ def _components(
 
 
 def admin_server(
-    config: Config, sources: StatusSources, metrics: NodeMetrics, store: JobStore
+    config: Config, sources: StatusSources, metrics: NodeMetrics, store: JobStore, scp: StorageScp
 ) -> AdminServer:
     """The admin endpoint on ``[admin] listen``, its socket bound."""
 
@@ -147,6 +148,7 @@ def admin_server(
             facts=node_facts(config),
             token=config.admin.token,
             actions=job_actions(config),
+            fetch=Fetcher(config, scp.intake, store, scu_timeouts(config)).fetch,
         ),
     )
 

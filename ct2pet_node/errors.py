@@ -57,3 +57,7 @@ class IllegalTransition(Ct2PetError):
 
 class EngineUnavailable(EngineError):
     """The engine cannot take work now (its Ray cluster is unreachable); the job waits, it does not fail."""
+
+
+class SourceError(Ct2PetError):
+    """A source (``[[sources]]``) could not be reached, refused a query or retrieval, or sent too little."""

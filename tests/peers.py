@@ -293,6 +293,8 @@ class OrthancPeer:
     :meth:`wait_for_job` for its asynchronous jobs; each enters the
     namespace for the call.
 
+    ``extra_config`` is merged over its configuration (plugins, known modalities).
+
     Orthanc runs stock, as installed: nothing added to its environment
     (dcmtk reads ``TCP_NODELAY`` from there), unless ``tcp_nodelay`` asks
     for it where Orthanc is the *sender* and the test is not about its speed.
@@ -306,8 +308,10 @@ class OrthancPeer:
         http_port: int = 8042,
         ae_title: str = "ORTHANC",
         tcp_nodelay: bool = False,
+        extra_config: dict[str, Any] | None = None,
     ) -> None:
         self.namespace = namespace
+        self.extra_config = extra_config or {}
         self.work_dir = work_dir
         self.tcp_nodelay = tcp_nodelay
         self.dicom_port = dicom_port
@@ -338,6 +342,7 @@ class OrthancPeer:
             "StorageCompression": False,
             "Plugins": [],
             "ConcurrentJobs": 1,
+            **self.extra_config,
         }
 
     def start(self, timeout: float = 30.0) -> OrthancPeer:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import click
 
 from ct2pet_node import __version__
-from ct2pet_node.cli import config, convert, jobs, node, retention, training, weights
+from ct2pet_node.cli import config, convert, fetch, jobs, node, retention, training, weights
 from ct2pet_node.logging_setup import configure_logging
 
 # Commands that run for a long time log their events at info by default; every other command
@@ -50,6 +50,7 @@ main.add_command(node.start)
 main.add_command(node.status)
 main.add_command(node.echo)
 main.add_command(jobs.jobs)
+main.add_command(fetch.fetch)
 main.add_command(retention.purge)
 main.add_command(weights.weights)
 main.add_command(convert.convert)

@@ -11,8 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from io import BytesIO
 
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import _read_file_meta_info
-from pydicom.uid import UID
+from pydicom.filewriter import dcmwrite
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from ct2pet_node.net.contexts import ACCEPTED_TRANSFER_SYNTAXES
 from ct2pet_node.net.intake import Arrival, Outcome
@@ -91,3 +93,24 @@ def arrival_of(
         source=source,
         study_uid=study_uid,
     )
+
+
+def arrival_of_dataset(dataset: Dataset, source: str) -> Arrival | Unreadable:
+    """A decoded data set (a WADO-RS retrieval) written back as the Part 10 file it came as, then read as one.
+
+    Re-encoding in its own transfer syntax keeps the bytes a push would have
+    brought, so the intake checks and spools it exactly as a pushed instance.
+    """
+    meta = getattr(dataset, "file_meta", None) or FileMetaDataset()
+    syntax = UID(str(meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)))
+    meta.TransferSyntaxUID = syntax
+    meta.MediaStorageSOPClassUID = UID(str(dataset.get("SOPClassUID", "")))
+    meta.MediaStorageSOPInstanceUID = UID(str(dataset.get("SOPInstanceUID", "")))
+    dataset.file_meta = meta
+    buffer = BytesIO()
+    try:
+        dcmwrite(buffer, dataset, enforce_file_format=True)
+    except Exception as error:  # a source's data set we cannot write back is one we cannot keep
+        return Unreadable(Outcome(CANNOT_PARSE, f"the data set cannot be encoded in {syntax}: {error}"))
+    content = buffer.getvalue()
+    return arrival_of(content, content, len(content), source)

@@ -35,16 +35,14 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import structlog
-from pydicom.uid import UID
 from pynetdicom import AE, evt
-from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.events import Event
 
 from ct2pet_node.config import NodeConfig, SecurityConfig
 from ct2pet_node.domain.records import AssociationReleased, InstanceRecord
 from ct2pet_node.errors import StorageError
 from ct2pet_node.net import tls
+from ct2pet_node.net.c_store import answer_store, arrival_of_event
 from ct2pet_node.net.contexts import (
     ACCEPTED_TRANSFER_SYNTAXES,
     CT_STORAGE_SOP_CLASSES,
@@ -53,14 +51,13 @@ from ct2pet_node.net.contexts import (
     storage_sop_classes,
 )
 from ct2pet_node.net.deliveries import AssociationDeliveries
-from ct2pet_node.net.guards import GuardedAssociationServer, OversizedDataSet, pdu_guard
+from ct2pet_node.net.guards import GuardedAssociationServer, pdu_guard
 from ct2pet_node.net.intake import (
     INSTANCE_TOO_LARGE,
     OUT_OF_RESOURCES,
     SOP_CLASS_MISMATCH,
     SOP_INSTANCE_MISMATCH,
     SUCCESS,
-    Arrival,
     Intake,
 )
 from ct2pet_node.net.limits import AssociationGate, AssociationLimits
@@ -273,38 +270,11 @@ class StorageScp:
     # Event handlers: run on pynetdicom's association threads --------------------------------
 
     def _handle_store(self, event: Event) -> int:
-        association = event.assoc
-        with structlog.contextvars.bound_contextvars(
-            calling_ae=association.requestor.ae_title, assoc_id=association.native_id
-        ):
-            try:
-                return self._store_instance(event)
-            except StorageError as error:  # e.g. the job store's disk is full: the sender retries later
-                log.warning("store_refused_storage_error", reason=str(error))
-                return OUT_OF_RESOURCES
-            except Exception:  # top of a pynetdicom thread: answer, never raise
-                log.exception("store_failed")
-                return OUT_OF_RESOURCES
+        return answer_store(event, self._store_instance)
 
     def _store_instance(self, event: Event) -> int:
-        """Hand the instance to the intake, the rules and the write it shares with STOW-RS."""
-        context = event.context
-        request = cast(C_STORE, event.request)
-        received = request.DataSet
-        oversized = received if isinstance(received, OversizedDataSet) else None
-        dataset = None if oversized is not None else event.encoded_dataset(include_meta=False)
-        arrival = Arrival(
-            sop_class_uid=str(context.abstract_syntax),
-            sop_instance_uid=str(request.AffectedSOPInstanceUID),
-            transfer_syntax=UID(context.transfer_syntax),
-            meta=b""
-            if oversized is not None
-            else b"\x00" * 128 + b"DICM" + encode_file_meta(event.file_meta),
-            dataset=dataset,
-            size=oversized.received if oversized is not None else len(dataset or b""),
-            source=event.assoc.requestor.ae_title,
-        )
-        outcome = self._intake.receive(arrival)
+        """Hand the instance to the intake, the rules and the write it shares with STOW-RS and C-GET."""
+        outcome = self._intake.receive(arrival_of_event(event))
         if outcome.record is not None:
             # The settle rule needs to know which association brought which instances.
             self._deliveries.stored(event.assoc, outcome.record.series_uid, outcome.record.sop_instance_uid)

@@ -141,8 +141,15 @@ def _associate(
     calling_ae: str,
     contexts: Sequence[tuple[UID, list[UID]]],
     timeouts: ScuTimeouts,
+    *,
+    roles: Sequence[Any] = (),
+    handlers: Sequence[tuple[Any, Callable[..., Any]]] = (),
 ) -> tuple[Association, TransferProblem | None, str]:
-    """Open an association; returns it, and why it is not established (None when it is)."""
+    """Open an association; returns it, and why it is not established (None when it is).
+
+    ``roles`` (SCP/SCU role selection items) and ``handlers`` are for a C-GET,
+    whose instances arrive as C-STOREs on this association.
+    """
     ae = _StorageScuAE(calling_ae)
     ae.connection_timeout = timeouts.connect_seconds
     ae.acse_timeout = timeouts.acse_seconds
@@ -160,7 +167,8 @@ def _associate(
         destination.host,
         destination.port,
         ae_title=destination.ae_title,
-        evt_handlers=[(evt.EVT_CONN_OPEN, on_open)],
+        ext_neg=list(roles) or None,
+        evt_handlers=[(evt.EVT_CONN_OPEN, on_open), *handlers],
     )
     where = f"{destination.name} ({destination.ae_title}@{destination.host}:{destination.port})"
     if assoc.is_established:

@@ -2,8 +2,9 @@
 
 Paths: ``/status`` (JSON, the ``status --json`` contract), ``/metrics``
 (Prometheus text), ``/healthz``, the dashboard ``/``, a page per job
-``/jobs/<id>`` with its pictures under ``/jobs/<id>/preview/<name>``, and the
-actions, ``POST /jobs/<id>/<action>``.
+``/jobs/<id>`` with its pictures under ``/jobs/<id>/preview/<name>``, the
+actions, ``POST /jobs/<id>/<action>``, and ``POST /fetch`` (pull a study from a
+``[[sources]]`` PACS; JSON ``{"source", "study", "series"?, "dry_run"?}``).
 
 With a token configured, every path but ``/healthz`` needs it, on loopback
 too: as ``Authorization: Bearer <token>`` (scripts, ``ct2pet-node status``)
@@ -22,14 +23,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import anyio.from_thread
 import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from ct2pet_node.domain.fetch import FetchOutcome, FetchRequest
 from ct2pet_node.domain.jobs import Job
-from ct2pet_node.errors import Ct2PetError
+from ct2pet_node.errors import ConfigError, Ct2PetError, SourceError
 from ct2pet_node.service.metrics import CONTENT_TYPE, NodeMetrics
 from ct2pet_node.service.preview import PREVIEW_DIR, PREVIEW_NAMES
 from ct2pet_node.service.status import StatusReport
@@ -54,6 +57,7 @@ class AdminSources:
     facts: NodeFacts
     token: str = ""
     actions: Mapping[str, Action] = field(default_factory=dict)
+    fetch: Callable[[FetchRequest], FetchOutcome] | None = None
 
 
 def _asker(request: Request) -> tuple[str, str | None]:
@@ -100,6 +104,7 @@ def build_app(sources: AdminSources) -> Starlette:
         Route("/jobs/{job_id:int}", guarded(paths.job)),
         Route("/jobs/{job_id:int}/preview/{name}", guarded(paths.preview)),
         Route("/jobs/{job_id:int}/{action}", guarded(paths.action), methods=["POST"]),
+        Route("/fetch", guarded(paths.fetch), methods=["POST"]),
     ]
     return Starlette(routes=routes)
 
@@ -176,6 +181,39 @@ class _Endpoints:
             log.warning("admin_action_refused", action=name, job_id=job_id, client=client, reason=str(error))
             return PlainTextResponse(f"{error}\n", status_code=409)
         return JSONResponse({"job_id": job_id, "action": name, "result": message})
+
+    def fetch(self, request: Request) -> Response:
+        """Pull a study now; answers when it is retrieved (a C-MOVE of a large study takes minutes)."""
+        client, user = _asker(request)
+        if self.sources.fetch is None:
+            return PlainTextResponse("fetching is not offered by this node\n", status_code=404)
+        try:
+            asked = FetchRequest.from_json(json.loads(_body(request)))
+        except (ValueError, Ct2PetError) as error:  # JSONDecodeError is a ValueError
+            return PlainTextResponse(f"bad fetch request: {error}\n", status_code=400)
+        log.info(
+            "admin_fetch",
+            source=asked.source,
+            study_uid=asked.study_uid,
+            series_uid=asked.series_uid,
+            dry_run=asked.dry_run,
+            client=client,
+            user=user,
+        )
+        try:
+            outcome = self.sources.fetch(asked)
+        except Ct2PetError as error:
+            # Unknown source: 404; the source failed: 502; nothing to take (no CT): 422.
+            status = 404 if isinstance(error, ConfigError) else 502 if isinstance(error, SourceError) else 422
+            reason = "; ".join(error.problems) if isinstance(error, ConfigError) else str(error)
+            log.warning("admin_fetch_refused", study_uid=asked.study_uid, client=client, reason=reason)
+            return PlainTextResponse(f"{reason}\n", status_code=status)
+        return JSONResponse(outcome.to_json())
+
+
+def _body(request: Request) -> bytes:
+    """The request's body, read from this worker thread (the endpoints are plain functions)."""
+    return anyio.from_thread.run(request.body)
 
 
 def _preview_path(job: Job, name: str) -> Path | None:

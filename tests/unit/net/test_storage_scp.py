@@ -307,7 +307,7 @@ def test_a_failing_notification_still_answers_success(tmp_path: Path) -> None:
     def broken(_: InstanceRecord) -> None:
         raise RuntimeError("router gone")
 
-    harness.scp._on_stored = broken
+    harness.scp.intake._on_stored = broken
     try:
         assert harness.send(ct_dataset(1)) == SUCCESS
         assert len(harness.store.instances_of(SERIES)) == 1
