@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ct2pet_node.config import Config
-from ct2pet_node.domain.records import InstanceRecord
+from ct2pet_node.domain.records import AssociationReleased, InstanceRecord
 from ct2pet_node.errors import EngineError, WeightsError
 from ct2pet_node.routing.delivery import RetrySchedule
 from ct2pet_node.service.fetch import Fetcher
@@ -118,9 +119,9 @@ def _components(
         progress=progress,
     )
 
-    stow = stow_server(config, scp, metrics)
+    stow = stow_server(config, scp, metrics, router.notify_released)
     try:
-        admin = admin_server(config, sources, metrics, store, scp)
+        admin = admin_server(config, sources, metrics, store, scp, router.notify_released)
     except BaseException:
         if stow is not None:
             stow.stop()
@@ -130,7 +131,12 @@ def _components(
 
 
 def admin_server(
-    config: Config, sources: StatusSources, metrics: NodeMetrics, store: JobStore, scp: StorageScp
+    config: Config,
+    sources: StatusSources,
+    metrics: NodeMetrics,
+    store: JobStore,
+    scp: StorageScp,
+    on_released: Callable[[AssociationReleased], None],
 ) -> AdminServer:
     """The admin endpoint on ``[admin] listen``, its socket bound."""
 
@@ -148,12 +154,17 @@ def admin_server(
             facts=node_facts(config),
             token=config.admin.token,
             actions=job_actions(config),
-            fetch=Fetcher(config, scp.intake, store, scu_timeouts(config)).fetch,
+            fetch=Fetcher(config, scp.intake, store, scu_timeouts(config), on_released).fetch,
         ),
     )
 
 
-def stow_server(config: Config, scp: StorageScp, metrics: NodeMetrics) -> StowServer | None:
+def stow_server(
+    config: Config,
+    scp: StorageScp,
+    metrics: NodeMetrics,
+    on_released: Callable[[AssociationReleased], None] | None = None,
+) -> StowServer | None:
     """The STOW-RS receiver on ``[dicomweb] listen``, sharing the SCP's intake; None when not configured."""
     listener = config.dicomweb
     if not listener.enabled:
@@ -172,6 +183,7 @@ def stow_server(config: Config, scp: StorageScp, metrics: NodeMetrics) -> StowSe
             token=listener.token if listener.token_file is not None else None,
             on_instance=counted,
             on_request=metrics.stow_answered,
+            on_released=on_released,
         ),
     )
 

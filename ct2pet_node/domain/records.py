@@ -8,7 +8,7 @@ off the association thread.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +55,18 @@ class AssociationReleased:
     calling_ae_title: AeTitle
     released_at: float
     delivered: Mapping[SeriesUid, frozenset[SopInstanceUid]]
+
+    @classmethod
+    def of(
+        cls, calling_ae_title: AeTitle, released_at: float, stored: Iterable[InstanceRecord]
+    ) -> AssociationReleased:
+        """The release of a transfer that stored ``stored``: a STOW-RS request, a C-GET or WADO-RS retrieval."""
+        delivered: dict[SeriesUid, set[SopInstanceUid]] = {}
+        for record in stored:
+            delivered.setdefault(record.series_uid, set()).add(record.sop_instance_uid)
+        return cls(
+            calling_ae_title, released_at, {series: frozenset(uids) for series, uids in delivered.items()}
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ names; only the series keys are read from it and nothing else is logged.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import requests
@@ -19,7 +20,7 @@ from ct2pet_node.domain.fetch import FoundSeries
 from ct2pet_node.domain.uids import AeTitle, SeriesUid, StudyUid, is_valid_uid
 from ct2pet_node.errors import SourceError
 from ct2pet_node.net.dicomweb import session_for
-from ct2pet_node.net.intake import NOT_CT, Intake
+from ct2pet_node.net.intake import NOT_CT, Arrival, Outcome
 from ct2pet_node.net.part10 import Unreadable, arrival_of_dataset
 
 log = structlog.get_logger(__name__)
@@ -56,9 +57,13 @@ def search_series(name: str, endpoint: DicomwebEndpoint, study_uid: StudyUid) ->
 
 
 def retrieve_series(
-    name: str, endpoint: DicomwebEndpoint, study_uid: StudyUid, series_uid: SeriesUid, intake: Intake
+    name: str,
+    endpoint: DicomwebEndpoint,
+    study_uid: StudyUid,
+    series_uid: SeriesUid,
+    receive: Callable[[Arrival], Outcome],
 ) -> int:
-    """WADO-RS one series into ``intake``, instance by instance; the instances kept.
+    """WADO-RS one series into ``receive`` (the intake), instance by instance; the instances kept.
 
     Raises
     ------
@@ -73,7 +78,7 @@ def retrieve_series(
     try:
         for dataset in client.iter_series(study_uid, series_uid):
             arrival = arrival_of_dataset(dataset, via)
-            outcome = arrival.outcome if isinstance(arrival, Unreadable) else intake.receive(arrival)
+            outcome = arrival.outcome if isinstance(arrival, Unreadable) else receive(arrival)
             if not outcome.succeeded:
                 log.warning(
                     "instance_refused", source=name, status=f"0x{outcome.status:04X}", reason=outcome.reason

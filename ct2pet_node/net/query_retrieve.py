@@ -13,7 +13,7 @@ are read from it, and nothing of it is logged but UIDs and counts.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import structlog
@@ -37,7 +37,7 @@ from ct2pet_node.net.contexts import (
     CT_STORAGE_SOP_CLASSES,
     UNCOMPRESSED_TRANSFER_SYNTAXES,
 )
-from ct2pet_node.net.intake import Intake
+from ct2pet_node.net.intake import Arrival, Outcome
 from ct2pet_node.net.scu import ScuTimeouts, _associate, _close_sockets
 
 log = structlog.get_logger(__name__)
@@ -109,10 +109,10 @@ def get_series(
     calling_ae: str,
     study_uid: StudyUid,
     series_uid: SeriesUid,
-    intake: Intake,
+    receive: Callable[[Arrival], Outcome],
     timeouts: ScuTimeouts,
 ) -> int:
-    """C-GET one series; its instances are kept through ``intake`` as they arrive. The instances received.
+    """C-GET one series; its instances are kept through ``receive`` (the intake) as they arrive. The instances received.
 
     Raises
     ------
@@ -125,7 +125,7 @@ def get_series(
     roles = [build_role(sop_class, scp_role=True) for sop_class in CT_STORAGE_SOP_CLASSES]
 
     def on_store(event: Event) -> int:
-        return answer_store(event, lambda stored: intake.receive(arrival_of_event(stored)).status)
+        return answer_store(event, lambda stored: receive(arrival_of_event(stored)).status)
 
     assoc = _open(source, calling_ae, contexts, timeouts, roles=roles, handlers=[(evt.EVT_C_STORE, on_store)])
     try:

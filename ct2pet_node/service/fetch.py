@@ -4,21 +4,26 @@ Runs inside the node because only its storage SCP can receive what a C-MOVE
 sends; C-GET and WADO-RS instances are kept through the SCP's
 :class:`~ct2pet_node.net.intake.Intake`. Either way the series
 enters the spool and the router as a pushed one does, and completes by the
-router's usual rules (quiet time, or geometry that proves it whole).
+router's usual rules: settled soon after the retrieval ends when it is gap-free,
+else the quiet time.
 ``ct2pet-node fetch`` and ``POST /fetch`` both end in :meth:`Fetcher.fetch`.
 """
 
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 
 import structlog
 
 from ct2pet_node.config import Config, Source
 from ct2pet_node.domain.fetch import FetchOutcome, FetchRequest, FoundSeries, select_series
+from ct2pet_node.domain.records import AssociationReleased, InstanceRecord
+from ct2pet_node.domain.uids import AeTitle
 from ct2pet_node.errors import ConfigError
 from ct2pet_node.net import dicomweb_source, query_retrieve
-from ct2pet_node.net.intake import Intake
+from ct2pet_node.net.intake import Arrival, Intake, Outcome
 from ct2pet_node.net.scu import ScuTimeouts
 from ct2pet_node.spool.jobstore import JobStore
 
@@ -37,11 +42,24 @@ class Fetcher:
     timeouts : ScuTimeouts
         For the DIMSE associations (C-FIND, C-MOVE, C-GET); DIMSE timeout is
         the longest wait between two responses of a retrieval.
+    on_released : callable or None
+        Told what a finished C-GET or WADO-RS retrieval stored, as the storage
+        SCP tells the router at a clean release, so a retrieved series settles
+        instead of waiting for the quiet rule (a C-MOVE arrives through the SCP,
+        which does this itself).
     """
 
-    def __init__(self, config: Config, intake: Intake, store: JobStore, timeouts: ScuTimeouts) -> None:
+    def __init__(
+        self,
+        config: Config,
+        intake: Intake,
+        store: JobStore,
+        timeouts: ScuTimeouts,
+        on_released: Callable[[AssociationReleased], None] | None = None,
+    ) -> None:
         self._config = config
         self._intake = intake
+        self._on_released = on_released
         self._store = store
         self._timeouts = timeouts
         # Two fetches of one study at once would race for the same instances; the second waits.
@@ -97,18 +115,30 @@ class Fetcher:
         )
 
     def _retrieve(self, source: Source, series: FoundSeries) -> int:
-        if source.dicomweb is not None:
-            return dicomweb_source.retrieve_series(
-                source.name, source.dicomweb, series.study_uid, series.series_uid, self._intake
-            )
+        stored: list[InstanceRecord] = []
+
+        def receive(arrival: Arrival) -> Outcome:
+            outcome = self._intake.receive(arrival)
+            if outcome.record is not None:
+                stored.append(outcome.record)
+            return outcome
+
         ae_title = self._config.node.ae_title
-        if source.retrieve == "c-get":
-            return query_retrieve.get_series(
-                source, ae_title, series.study_uid, series.series_uid, self._intake, self._timeouts
+        if source.dicomweb is not None:
+            received = dicomweb_source.retrieve_series(
+                source.name, source.dicomweb, series.study_uid, series.series_uid, receive
             )
-        return query_retrieve.move_series(
-            source, ae_title, series.study_uid, series.series_uid, self._timeouts
-        )
+        elif source.retrieve == "c-get":
+            received = query_retrieve.get_series(
+                source, ae_title, series.study_uid, series.series_uid, receive, self._timeouts
+            )
+        else:
+            return query_retrieve.move_series(
+                source, ae_title, series.study_uid, series.series_uid, self._timeouts
+            )
+        if stored and self._on_released is not None:
+            self._on_released(AssociationReleased.of(AeTitle(source.name[:16]), time.time(), stored))
+        return received
 
 
 def _method(source: Source) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from ct2pet_node.domain.records import AssociationReleased
+from ct2pet_node.domain.uids import AeTitle
 from ct2pet_node.net.intake import OUT_OF_RESOURCES, Arrival, Outcome
 from ct2pet_node.net.part10 import Unreadable, arrival_of
 from ct2pet_node.net.store_header import CANNOT_PARSE
@@ -67,6 +70,10 @@ class StowSources:
         Told each part's outcome (the metrics).
     on_request : callable
         Told each request's HTTP status (the metrics).
+    on_released : callable or None
+        Told what a whole request stored, as the storage SCP tells the router
+        at a clean release: a series pushed in one request settles soon after
+        it (``[routing] settle_after_release_seconds``) instead of waiting for quiet.
     """
 
     receive: Callable[[Arrival], Outcome]
@@ -74,6 +81,7 @@ class StowSources:
     token: Callable[[], str | None] | None = None
     on_instance: Callable[[Outcome], None] = lambda _outcome: None
     on_request: Callable[[int], None] = lambda _status: None
+    on_released: Callable[[AssociationReleased], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +186,9 @@ class _Receiver:
             return PlainTextResponse(f"{error}\n", status_code=400)
         if not answers:
             return PlainTextResponse("the multipart body holds no part\n", status_code=400)
+        stored = [answer.outcome.record for answer in answers if answer.outcome.record is not None]
+        if stored and self.sources.on_released is not None:
+            self.sources.on_released(AssociationReleased.of(AeTitle(SOURCE[:16]), time.time(), stored))
         status = answer_status(answers)
         log.info(
             "stow_answered",

@@ -20,7 +20,7 @@ from pydicom.uid import (
     PositronEmissionTomographyImageStorage,
 )
 
-from ct2pet_node.domain.records import InstanceRecord
+from ct2pet_node.domain.records import AssociationReleased, InstanceRecord
 from ct2pet_node.net.intake import Intake, Outcome
 from ct2pet_node.service.metrics import NodeMetrics
 from ct2pet_node.spool.instances import InstanceSpool
@@ -49,6 +49,7 @@ class Node:
     other_sop_classes: str = "accept"
     token_file: Path | None = None
     stored: list[InstanceRecord] = field(default_factory=list)
+    released: list[AssociationReleased] = field(default_factory=list)
     metrics: NodeMetrics = field(default_factory=NodeMetrics)
 
     def __post_init__(self) -> None:
@@ -72,6 +73,7 @@ class Node:
                 token=(lambda: token_file.read_text().strip() or None) if token_file else None,
                 on_instance=counted,
                 on_request=self.metrics.stow_answered,
+                on_released=self.released.append,
             ),
         )
         self.server.start()
@@ -141,6 +143,18 @@ def test_a_series_is_spooled_recorded_and_referenced(make_node: Any, ct_files: l
     assert job is not None and job.n_instances == 3
     assert {record.calling_ae_title for record in node.stored} == {"STOW-RS"}
     assert node.metrics.sample("ct2pet_stow_requests_total", code="200") == 1
+
+
+def test_a_request_tells_the_router_what_it_stored_as_a_released_association_would(
+    make_node: Any, ct_files: list[bytes]
+) -> None:
+    node = make_node()
+    node.post(multipart(*ct_files))
+    [release] = node.released
+    assert release.calling_ae_title == "STOW-RS"
+    assert release.delivered == {series_uid_for("stow"): frozenset(r.sop_instance_uid for r in node.stored)}
+    node.post(multipart(*ct_files))  # stored nothing new: nothing to settle
+    assert len(node.released) == 1
 
 
 def test_a_resent_series_is_acknowledged_without_a_second_copy(make_node: Any, ct_files: list[bytes]) -> None:
