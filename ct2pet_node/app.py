@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ct2pet_node.config import Config
+from ct2pet_node.domain.cluster import ClusterView
 from ct2pet_node.domain.records import InstanceRecord
 from ct2pet_node.errors import EngineError, WeightsError
 from ct2pet_node.routing.delivery import RetrySchedule
@@ -100,6 +101,9 @@ def _components(
     )
     metrics.read_from_listener(scp.listener_status)
     metrics.read_free_space(lambda: free_bytes(config.node.data_dir), config.node.min_free_mb * 1024 * 1024)
+    if isinstance(translator, ClusterView):
+        cluster = translator
+        metrics.read_cluster(lambda: cluster.cluster_snapshot(time.time()))
     errors = RecentErrors()
     sources = StatusSources(
         config,

@@ -10,8 +10,10 @@ steps, eta, seed, first_slice_index)`` with ``chunks`` a list of (start, stop)
 slice indices of ``region`` and ``first_slice_index`` the index of ``region[0]``
 in its volume (the noise seed of each slice derives from it); ``("cancel",)``. Driver -> node: ``("ready", actors)``,
 ``("unreachable", reason)``, ``("refused", reason)`` once at start; then per
-request ``("chunk", start, values)`` as each chunk finishes (in any order),
-``("retry", start, reason)`` when an actor died under a chunk, and
+request ``("sent", start, slot)`` as each chunk goes to the actor in ``slot``
+(its index in the ``ready`` list; a replacement takes the dead actor's slot),
+``("chunk", start, values, slot)`` as each chunk finishes (in any order),
+``("retry", start, reason, slot)`` when an actor died under a chunk, and
 ``("done",)``, ``("failed", reason)`` or ``("cancelled",)``.
 """
 
@@ -70,7 +72,8 @@ def serve(conn: Connection, settings: DriverSettings) -> None:
         conn.send(("refused", refusals[0]))
         return
     conn.send(("ready", described))
-    pool.idle.extend(actors)
+    pool.actors = actors
+    pool.idle.extend(range(len(actors)))
     while True:
         try:
             message = conn.recv()
@@ -81,7 +84,7 @@ def serve(conn: Connection, settings: DriverSettings) -> None:
 
 
 class _Pool:
-    """The actors, and one request's chunks spread over them."""
+    """The actors by slot, and one request's chunks spread over them."""
 
     def __init__(self, ray: Any, settings: DriverSettings) -> None:
         self.ray = ray
@@ -89,7 +92,9 @@ class _Pool:
         self.remote = ray.remote(ChunkActor).options(
             num_cpus=settings.cpus_per_actor, num_gpus=settings.gpus_per_actor, max_restarts=0
         )
-        self.idle: deque[Any] = deque()
+        self.actors: list[Any] = []
+        # Slots (indices into actors) of the actors with no chunk.
+        self.idle: deque[int] = deque()
 
     def start_actor(self) -> Any:
         return self.remote.remote(self.settings.spec)
@@ -111,38 +116,40 @@ class _Pool:
     ) -> None:
         ray = self.ray
         pending = deque(chunks)
-        in_flight: dict[Any, tuple[tuple[int, int], Any]] = {}
+        in_flight: dict[Any, tuple[tuple[int, int], int]] = {}
         while pending or in_flight:
             while pending and self.idle:
-                actor, (start, stop) = self.idle.popleft(), pending.popleft()
+                slot, (start, stop) = self.idle.popleft(), pending.popleft()
                 first = first_slice_index + start
-                ref = actor.translate.remote(region[start:stop], kvp, steps, eta, seed, first)
-                in_flight[ref] = ((start, stop), actor)
+                ref = self.actors[slot].translate.remote(region[start:stop], kvp, steps, eta, seed, first)
+                in_flight[ref] = ((start, stop), slot)
+                conn.send(("sent", start, slot))
             if conn.poll() and conn.recv()[0] == "cancel":
                 # Chunks still running finish on their actors and are dropped; the node keeps
                 # only checkpointed chunks, so nothing half-done is ever used.
-                self.idle.extend(actor for _, actor in in_flight.values())
+                self.idle.extend(slot for _, slot in in_flight.values())
                 conn.send(("cancelled",))
                 return
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=POLL_SECONDS)
             for ref in ready:
-                chunk, actor = in_flight.pop(ref)
+                chunk, slot = in_flight.pop(ref)
                 try:
                     values = ray.get(ref)
                 except ray.exceptions.RayActorError as error:
                     # The actor (or its machine) died under this chunk: another actor does it again,
                     # and a fresh actor takes the dead one's place.
                     pending.appendleft(chunk)
-                    conn.send(("retry", chunk[0], _first_line(error)))
-                    self.idle.append(self.start_actor())
+                    conn.send(("retry", chunk[0], _first_line(error), slot))
+                    self.actors[slot] = self.start_actor()
+                    self.idle.append(slot)
                     continue
                 except ray.exceptions.RayTaskError as error:
-                    self.idle.append(actor)
-                    self.idle.extend(actor for _, actor in in_flight.values())
+                    self.idle.append(slot)
+                    self.idle.extend(slot for _, slot in in_flight.values())
                     conn.send(("failed", _first_line(error.cause if error.cause is not None else error)))
                     return
-                conn.send(("chunk", chunk[0], values))
-                self.idle.append(actor)
+                conn.send(("chunk", chunk[0], values, slot))
+                self.idle.append(slot)
         conn.send(("done",))
 
 

@@ -24,7 +24,9 @@ import structlog
 from ct2pet_node import __version__
 from ct2pet_node.cluster.actor import ActorSpec
 from ct2pet_node.cluster.driver import DriverSettings
+from ct2pet_node.cluster.ledger import ChunkLedger
 from ct2pet_node.config import Config
+from ct2pet_node.domain.cluster import ClusterSnapshot
 from ct2pet_node.engine.options import EngineOptions
 from ct2pet_node.engine.weights import MANIFEST_NAME, load_manifest, sha256_of
 from ct2pet_node.errors import EngineError, EngineUnavailable
@@ -93,7 +95,7 @@ class RayTranslator:
         self._started_at = 0.0
         self._next_attempt = 0.0
         self.actors: list[dict[str, Any]] = []
-        self.retries = 0
+        self.ledger = ChunkLedger()
         self._local: Any = None
 
     # -- what status shows -------------------------------------------------------------------
@@ -105,6 +107,15 @@ class RayTranslator:
 
     def cluster_status(self, waiting: int) -> str:
         return cluster_line(self.address, self.state, self.down_since, waiting, self.fallback, self.reason)
+
+    def cluster_snapshot(self, now: float) -> ClusterSnapshot:
+        """Actors, chunks in flight, slices per second and retries: the service's ``ClusterView``."""
+        return self.ledger.snapshot(self.address, self.state, now)
+
+    @property
+    def retries(self) -> int:
+        """Chunks sent again because their actor died, since the node started."""
+        return self.ledger.retries
 
     # -- the driver process ------------------------------------------------------------------
 
@@ -127,6 +138,7 @@ class RayTranslator:
                 self._down(f"no answer within {START_TIMEOUT_SECONDS:.0f} s")
         elif message[0] == "ready":
             self.actors = list(message[1])
+            self.ledger.actors_ready(self.actors, time.time())
             log.info(
                 "engine_cluster_ready",
                 address=self.address,
@@ -168,6 +180,7 @@ class RayTranslator:
         self.state, self.reason = ("refused" if refused else "down"), reason
         self._next_attempt = time.monotonic() + (REFUSED_RETRY_SECONDS if refused else RETRY_SECONDS)
         self.actors = []
+        self.ledger.lost()
 
     def stop_driver(self) -> None:
         """End the driver process (its actors end with it)."""
@@ -226,12 +239,19 @@ class RayTranslator:
                     yield from self._locally(region_hu, list(remaining.values()), first_slice_index, args)
                     return
                 kind = message[0]
-                if kind == "chunk":
-                    yield remaining.pop(message[1]), message[2]
+                if kind == "sent":
+                    self.ledger.sent(message[2], time.time())
+                elif kind == "chunk":
+                    chunk = remaining.pop(message[1])
+                    self.ledger.returned(message[3], len(chunk), time.time())
+                    yield chunk, message[2]
                 elif kind == "retry":
-                    self.retries += 1
+                    self.ledger.died(message[3])
                     log.warning(
-                        "engine_chunk_retried", first_slice=first_slice_index + message[1], reason=message[2]
+                        "engine_chunk_retried",
+                        first_slice=first_slice_index + message[1],
+                        reason=message[2],
+                        actor=f"actor-{message[3]}",
                     )
                 elif kind == "failed":
                     answered = True
@@ -242,6 +262,7 @@ class RayTranslator:
         finally:
             if not answered:
                 self._cancel()
+            self.ledger.abandoned()
 
     def _cancel(self) -> None:
         """Tell the driver to drop this request (the caller stopped reading), and wait until it has."""

@@ -68,6 +68,12 @@ def test_a_lost_head_leaves_the_job_waiting_with_a_status_line_and_it_completes_
     assert verdict["state_after_return"] == "done" and verdict["outputs"] == 40
     # Only the chunks not checkpointed before the loss were translated again.
     assert verdict["translated_after_return"] == 40 - 4 * verdict["checkpoints_kept"]
+    # The status JSON shows the actors that came back, their speed, and the retry of the earlier kill.
+    cluster = verdict["status_cluster"]
+    assert cluster["state"] == "ready" and len(cluster["actors"]) == 2
+    assert {actor["device"] for actor in cluster["actors"]} == {"cpu"}
+    assert cluster["slices_per_second"] > 0 and cluster["chunks_in_flight"] == 0
+    assert cluster["chunk_retries"] >= verdict["retries"] >= 1
 
 
 def test_a_worker_with_another_model_is_refused_with_a_clear_error(verdict: dict[str, Any]) -> None:

@@ -75,3 +75,18 @@ def test_job_page_without_previews_says_why_and_a_finished_job_stops_reloading()
     running = job_page(_report(), _job(JobState.PROCESSING), [], NOW)
     assert "no preview yet" in running and 'http-equiv="refresh"' in running
     assert _external_references(html) == []
+
+
+def test_a_cluster_engine_gets_a_row_per_actor_and_a_local_one_no_section() -> None:
+    cluster = {
+        "address": "head:6379",
+        "state": "ready",
+        "actors": [{"name": "actor-0", "host": HOSTILE, "device": "cuda:0", "slices_per_second": 2.5}],
+        "chunk_retries": 2,
+    }
+    report = StatusReport.from_json({**_report().to_json(), "cluster": cluster})
+    html = dashboard(report, [], FACTS, NOW)
+    assert "Engine cluster" in html and "2 chunks retried" in html
+    assert "<td>actor-0</td>" in html and "<td>cuda:0</td>" in html and "<td>2.50</td>" in html
+    assert HOSTILE not in html
+    assert "Engine cluster" not in dashboard(_report(), [], FACTS, NOW)
