@@ -80,7 +80,18 @@ def _components(
         on_job_dead=lambda job_id, reason: settle_delivery(store, job_id, reason),
         progress=progress,
     )
-    worker = EngineWorker(config, store, engine_queue, translator, sender.submit, metrics, progress=progress)
+    # A cluster runs several jobs at once, their chunks sharing the actors; a local engine, one.
+    jobs_in_flight = config.engine.ray.jobs_at_once if config.engine.backend == "ray" else 1
+    worker = EngineWorker(
+        config,
+        store,
+        engine_queue,
+        translator,
+        sender.submit,
+        metrics,
+        progress=progress,
+        jobs_in_flight=jobs_in_flight,
+    )
 
     def on_stored(record: InstanceRecord) -> None:
         metrics.instance_stored()

@@ -10,7 +10,7 @@ times are passed in, so a test can drive it without a cluster.
 from __future__ import annotations
 
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +25,6 @@ MIN_RATE_SECONDS = 1.0
 class _Slot:
     host: str
     device: str
-    in_flight: int = 0
     slices_done: int = 0
     restarts: int = 0
     # (wall-clock time, slices) of each chunk returned within the rate window.
@@ -39,6 +38,8 @@ class ChunkLedger:
         self.window_seconds = window_seconds
         self._lock = threading.Lock()
         self._slots: list[_Slot] = []
+        # The slot each chunk went to, by (request, first slice), until it returns or is given up.
+        self._in_flight: dict[tuple[int, int], int] = {}
         self._since: float | None = None
         self.retries = 0
 
@@ -51,44 +52,45 @@ class ChunkLedger:
             if self._since is None:
                 self._since = now
 
-    def sent(self, slot: int, now: float) -> None:
+    def sent(self, request: int, start: int, slot: int, now: float) -> None:
+        """The chunk of ``request`` starting at slice ``start`` went to the actor in ``slot``."""
         with self._lock:
-            if 0 <= slot < len(self._slots):
-                self._slots[slot].in_flight += 1
+            self._in_flight[(request, start)] = slot
 
-    def returned(self, slot: int, slices: int, now: float) -> None:
+    def returned(self, request: int, start: int, slices: int, now: float) -> None:
         with self._lock:
-            if 0 <= slot < len(self._slots):
+            slot = self._in_flight.pop((request, start), None)
+            if slot is not None and slot < len(self._slots):
                 entry = self._slots[slot]
-                entry.in_flight = max(0, entry.in_flight - 1)
                 entry.slices_done += slices
                 entry.returns.append((now, slices))
 
-    def died(self, slot: int) -> None:
-        """The actor in ``slot`` died under a chunk; the chunk goes again and a new actor takes the slot."""
+    def died(self, request: int, start: int) -> None:
+        """The actor under this chunk died; the chunk goes again and a new actor takes the slot."""
         with self._lock:
             self.retries += 1
-            if 0 <= slot < len(self._slots):
-                entry = self._slots[slot]
-                entry.in_flight = max(0, entry.in_flight - 1)
-                entry.restarts += 1
+            slot = self._in_flight.pop((request, start), None)
+            if slot is not None and slot < len(self._slots):
+                self._slots[slot].restarts += 1
 
-    def abandoned(self) -> None:
-        """A request ended early (cancelled, failed, cluster lost): nothing it sent is awaited any more."""
+    def abandoned(self, request: int) -> None:
+        """``request`` ended (done, cancelled, failed, cluster lost): none of its chunks is awaited any more."""
         with self._lock:
-            for entry in self._slots:
-                entry.in_flight = 0
+            for key in [key for key in self._in_flight if key[0] == request]:
+                del self._in_flight[key]
 
     def lost(self) -> None:
         """The cluster went away: its actors with it (counts since start are kept for the next ones)."""
         with self._lock:
             self._slots = []
+            self._in_flight.clear()
 
     def snapshot(self, address: str, state: str, now: float) -> ClusterSnapshot:
         with self._lock:
             since = self._since if self._since is not None else now
             span = max(MIN_RATE_SECONDS, min(self.window_seconds, now - since))
             actors = []
+            holding = Counter(self._in_flight.values())
             for slot, entry in enumerate(self._slots):
                 while entry.returns and entry.returns[0][0] <= now - self.window_seconds:
                     entry.returns.popleft()
@@ -98,7 +100,7 @@ class ChunkLedger:
                         name=f"actor-{slot}",
                         host=entry.host,
                         device=entry.device,
-                        chunks_in_flight=entry.in_flight,
+                        chunks_in_flight=holding[slot],
                         slices_per_second=round(recent / span, 3),
                         slices_done=entry.slices_done,
                         restarts=entry.restarts,

@@ -134,6 +134,17 @@ def main(weights_dir: Path, work: Path) -> dict[str, Any]:
         got, starts = spread(kill_after_first=False)
         result["identical"] = bool(np.array_equal(got, expected))
         result["chunks_once"] = sorted(starts) == [c.start for c in chunks]
+        # Two jobs in flight: two engine threads' requests at once, each gets its own chunks back.
+        both: list[tuple[np.ndarray, list[int]]] = []
+        threads = [threading.Thread(target=lambda: both.append(spread(False))) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        result["concurrent_identical"] = len(both) == 2 and all(
+            np.array_equal(got, expected) and sorted(starts) == [c.start for c in chunks]
+            for got, starts in both
+        )
         got, starts = spread(kill_after_first=True)
         result["killed_identical"] = bool(np.array_equal(got, expected))
         result["killed_chunks_once"] = sorted(starts) == [c.start for c in chunks]

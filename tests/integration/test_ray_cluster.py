@@ -50,6 +50,8 @@ def verdict(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
 def test_two_actors_on_two_nodes_equal_the_local_translation_bit_for_bit(verdict: dict[str, Any]) -> None:
     assert len(verdict["actors"]) == 2
     assert verdict["identical"] and verdict["chunks_once"]
+    # Two requests at once (two jobs in flight) share the actors and each gets exactly its chunks.
+    assert verdict["concurrent_identical"]
 
 
 def test_an_actor_killed_mid_study_gives_the_same_series_once(verdict: dict[str, Any]) -> None:
