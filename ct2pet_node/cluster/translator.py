@@ -27,7 +27,7 @@ import structlog
 
 from ct2pet_node import __version__
 from ct2pet_node.cluster.actor import ActorSpec
-from ct2pet_node.cluster.driver import DriverSettings
+from ct2pet_node.cluster.driver import DriverSettings, serve
 from ct2pet_node.cluster.ledger import ChunkLedger
 from ct2pet_node.config import Config
 from ct2pet_node.domain.cluster import ClusterSnapshot
@@ -63,7 +63,14 @@ def cluster_line(
 class RayTranslator:
     """The engine on a Ray cluster, per ``[engine.ray]``; see the module docstring."""
 
-    def __init__(self, config: Config, *, actor_weights_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        actor_weights_dir: Path | None = None,
+        driver: Callable[[Connection, DriverSettings], None] = serve,
+    ) -> None:
+        """``driver`` is what the driver process runs (a test gives one on a fake Ray)."""
         from ct2pet_node.engine.bridge import BridgeSchedule
 
         engine = self.engine = config.engine
@@ -90,6 +97,7 @@ class RayTranslator:
         self._driver_settings = DriverSettings(
             ray.address, ray.namespace, ray.actors, ray.cpus_per_actor, ray.gpus_per_actor, spec
         )
+        self._driver = driver
         self._context = multiprocessing.get_context("spawn")
         self._process: BaseProcess | None = None
         self._conn: Connection | None = None
@@ -167,11 +175,9 @@ class RayTranslator:
             self._down(str(message[1]))
 
     def _start_driver(self) -> None:
-        from ct2pet_node.cluster.driver import serve
-
         ours, theirs = self._context.Pipe()
         process = self._context.Process(
-            target=serve, args=(theirs, self._driver_settings), name="ray-driver", daemon=True
+            target=self._driver, args=(theirs, self._driver_settings), name="ray-driver", daemon=True
         )
         process.start()
         theirs.close()

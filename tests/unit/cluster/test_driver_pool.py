@@ -3,57 +3,12 @@
 from __future__ import annotations
 
 from collections import deque
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+from unit.cluster.fake_ray import FakeRay
 
 from ct2pet_node.cluster.driver import DriverSettings, _Pool
-
-
-class ActorDied(Exception):
-    pass
-
-
-class TaskFailed(Exception):
-    cause: BaseException | None = None
-
-
-class Ref:
-    def __init__(self, value: Any = None, error: BaseException | None = None) -> None:
-        self.value, self.error = value, error
-
-
-class FakeRay:
-    """Just what the driver calls: actors whose chunks finish in the order they were sent."""
-
-    exceptions = SimpleNamespace(RayActorError=ActorDied, RayTaskError=TaskFailed)
-
-    def __init__(self, deaths: int = 0) -> None:
-        self.deaths = deaths
-        self.started = 0
-
-    def remote(self, _cls: Any) -> Any:
-        return SimpleNamespace(options=lambda **_: SimpleNamespace(remote=self._actor))
-
-    def _actor(self, _spec: Any) -> Any:
-        self.started += 1
-
-        def translate(chunk: np.ndarray, kvp: Any, steps: Any, eta: Any, seed: Any, first: int) -> Ref:
-            if self.deaths:
-                self.deaths -= 1
-                return Ref(error=ActorDied("the actor died"))
-            return Ref(np.full(chunk.shape, first, dtype=np.float32))
-
-        return SimpleNamespace(translate=SimpleNamespace(remote=translate))
-
-    def wait(self, refs: list[Ref], num_returns: int, timeout: float) -> tuple[list[Ref], list[Ref]]:
-        return refs[:num_returns], refs[num_returns:]
-
-    def get(self, ref: Ref) -> Any:
-        if ref.error is not None:
-            raise ref.error
-        return ref.value
 
 
 class FakeConn:
