@@ -1,4 +1,4 @@
-"""The engine worker: one thread that takes WAITING jobs and turns them into result files.
+"""The engine worker: the thread(s) that take WAITING jobs and turn them into result files.
 
 For each job: re-read the series' headers, qualify and build the HU volume,
 translate it in chunks of slices (each finished chunk checkpointed to
@@ -115,7 +115,7 @@ class EngineWorker:
 
     @property
     def current_job(self) -> int | None:
-        """The oldest job being translated, or None; :attr:`running` has them all."""
+        """The lowest-numbered job being translated, or None; :attr:`running` has them all."""
         ids = self.running.ids()
         return ids[0] if ids else None
 
