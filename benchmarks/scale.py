@@ -18,7 +18,7 @@ figure, the command, host, CPU count), ``scale.md`` (the table) and
 ``scale.png`` (slices per second beside the ideal line, and efficiency,
 against actors; Pillow, as the other benchmarks' charts).
 
-Run: ``python benchmarks/scale.py --actors 1,2 --out docs/scale`` (CPU actors; a GPU host:
+Run: ``python benchmarks/scale.py --actors 1,2 --out docs/scale-cpu`` (CPU actors; a GPU host:
 ``--gpus-per-actor 1``).
 """
 
