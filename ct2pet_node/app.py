@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ct2pet_node.config import Config
+from ct2pet_node.domain.cluster import ClusterView
 from ct2pet_node.domain.records import AssociationReleased, InstanceRecord
 from ct2pet_node.errors import EngineError, WeightsError
 from ct2pet_node.routing.delivery import RetrySchedule
@@ -84,7 +85,18 @@ def _components(
         on_job_dead=lambda job_id, reason: settle_delivery(store, job_id, reason),
         progress=progress,
     )
-    worker = EngineWorker(config, store, engine_queue, translator, sender.submit, metrics, progress=progress)
+    # A cluster runs several jobs at once, their chunks sharing the actors; a local engine, one.
+    jobs_in_flight = config.engine.ray.jobs_at_once if config.engine.backend == "ray" else 1
+    worker = EngineWorker(
+        config,
+        store,
+        engine_queue,
+        translator,
+        sender.submit,
+        metrics,
+        progress=progress,
+        jobs_in_flight=jobs_in_flight,
+    )
 
     def on_stored(record: InstanceRecord) -> None:
         metrics.instance_stored()
@@ -106,6 +118,9 @@ def _components(
     )
     metrics.read_from_listener(scp.listener_status)
     metrics.read_free_space(lambda: free_bytes(config.node.data_dir), config.node.min_free_mb * 1024 * 1024)
+    if isinstance(translator, ClusterView):
+        cluster = translator
+        metrics.read_cluster(lambda: cluster.cluster_snapshot(time.time()))
     errors = RecentErrors()
     sources = StatusSources(
         config,

@@ -5,14 +5,21 @@ A Ray driver whose head goes away is ended by Ray itself (after
 only this process, and the node's :class:`~ct2pet_node.cluster.translator.RayTranslator`
 reads the ended process as "cluster unreachable".
 
-Messages over the pipe, node -> driver: ``("translate", region, chunks, kvp,
-steps, eta, seed, first_slice_index)`` with ``chunks`` a list of (start, stop)
-slice indices of ``region`` and ``first_slice_index`` the index of ``region[0]``
-in its volume (the noise seed of each slice derives from it); ``("cancel",)``. Driver -> node: ``("ready", actors)``,
-``("unreachable", reason)``, ``("refused", reason)`` once at start; then per
-request ``("chunk", start, values)`` as each chunk finishes (in any order),
-``("retry", start, reason)`` when an actor died under a chunk, and
-``("done",)``, ``("failed", reason)`` or ``("cancelled",)``.
+Several requests (one per job in flight) share the actors: each carries the
+node's request number ``rid``, chunks go out oldest request first, so a
+second job's chunks fill the actors the first leaves idle.
+
+Messages over the pipe, node -> driver: ``("translate", rid, region, chunks,
+kvp, steps, eta, seed, first_slice_index)`` with ``chunks`` a list of (start,
+stop) slice indices of ``region`` and ``first_slice_index`` the index of
+``region[0]`` in its volume (the noise seed of each slice derives from it);
+``("cancel", rid)``. Driver -> node: ``("ready", actors)``, ``("unreachable",
+reason)``, ``("refused", reason)`` once at start; then per request ``("sent",
+rid, start, slot)`` as each chunk goes to the actor in ``slot`` (its index in
+the ``ready`` list; a replacement takes the dead actor's slot), ``("chunk",
+rid, start, values, slot)`` as each chunk finishes (in any order), ``("retry",
+rid, start, reason, slot)`` when an actor died under a chunk, and ``("done",
+rid)``, ``("failed", rid, reason)`` or ``("cancelled", rid)``.
 """
 
 from __future__ import annotations
@@ -70,18 +77,24 @@ def serve(conn: Connection, settings: DriverSettings) -> None:
         conn.send(("refused", refusals[0]))
         return
     conn.send(("ready", described))
-    pool.idle.extend(actors)
-    while True:
-        try:
-            message = conn.recv()
-        except EOFError:
-            return
-        if message[0] == "translate":
-            pool.run(conn, *message[1:])
+    pool.actors = actors
+    pool.idle.extend(range(len(actors)))
+    pool.serve(conn)
+
+
+@dataclass(slots=True)
+class _Request:
+    """One ``translate`` request: its region, sampling arguments and chunks not yet sent."""
+
+    region: np.ndarray
+    args: tuple[float | None, int | None, float | None, int | None]
+    first_slice_index: int
+    pending: deque[tuple[int, int]]
+    running: int = 0
 
 
 class _Pool:
-    """The actors, and one request's chunks spread over them."""
+    """The actors by slot, and the chunks of every open request spread over them."""
 
     def __init__(self, ray: Any, settings: DriverSettings) -> None:
         self.ray = ray
@@ -89,7 +102,12 @@ class _Pool:
         self.remote = ray.remote(ChunkActor).options(
             num_cpus=settings.cpus_per_actor, num_gpus=settings.gpus_per_actor, max_restarts=0
         )
-        self.idle: deque[Any] = deque()
+        self.actors: list[Any] = []
+        # Slots (indices into actors) of the actors with no chunk.
+        self.idle: deque[int] = deque()
+        self.requests: dict[int, _Request] = {}
+        # Each chunk running: its request (None once that request ended), (start, stop), slot.
+        self.in_flight: dict[Any, tuple[int | None, tuple[int, int], int]] = {}
 
     def start_actor(self) -> Any:
         return self.remote.remote(self.settings.spec)
@@ -98,52 +116,82 @@ class _Pool:
         description: dict[str, Any] = self.ray.get(actor.describe.remote())
         return description
 
-    def run(
-        self,
-        conn: Connection,
-        region: np.ndarray,
-        chunks: list[tuple[int, int]],
-        kvp: float | None,
-        steps: int | None,
-        eta: float | None,
-        seed: int | None,
-        first_slice_index: int,
-    ) -> None:
-        ray = self.ray
-        pending = deque(chunks)
-        in_flight: dict[Any, tuple[tuple[int, int], Any]] = {}
-        while pending or in_flight:
-            while pending and self.idle:
-                actor, (start, stop) = self.idle.popleft(), pending.popleft()
-                first = first_slice_index + start
-                ref = actor.translate.remote(region[start:stop], kvp, steps, eta, seed, first)
-                in_flight[ref] = ((start, stop), actor)
-            if conn.poll() and conn.recv()[0] == "cancel":
-                # Chunks still running finish on their actors and are dropped; the node keeps
-                # only checkpointed chunks, so nothing half-done is ever used.
-                self.idle.extend(actor for _, actor in in_flight.values())
-                conn.send(("cancelled",))
+    def serve(self, conn: Connection) -> None:
+        """Take requests and cancels, send chunks to idle actors, pass results back; until the pipe closes."""
+        while True:
+            try:
+                # Nothing running: wait for the node; else only look, so results keep flowing.
+                while not self.in_flight or conn.poll():
+                    self._take(conn, conn.recv())
+                    self._dispatch(conn)
+            except EOFError:
                 return
-            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=POLL_SECONDS)
+            ready, _ = self.ray.wait(list(self.in_flight), num_returns=1, timeout=POLL_SECONDS)
             for ref in ready:
-                chunk, actor = in_flight.pop(ref)
-                try:
-                    values = ray.get(ref)
-                except ray.exceptions.RayActorError as error:
-                    # The actor (or its machine) died under this chunk: another actor does it again,
-                    # and a fresh actor takes the dead one's place.
-                    pending.appendleft(chunk)
-                    conn.send(("retry", chunk[0], _first_line(error)))
-                    self.idle.append(self.start_actor())
-                    continue
-                except ray.exceptions.RayTaskError as error:
-                    self.idle.append(actor)
-                    self.idle.extend(actor for _, actor in in_flight.values())
-                    conn.send(("failed", _first_line(error.cause if error.cause is not None else error)))
-                    return
-                conn.send(("chunk", chunk[0], values))
-                self.idle.append(actor)
-        conn.send(("done",))
+                self._finish(conn, ref)
+            self._dispatch(conn)
+
+    def _take(self, conn: Connection, message: tuple[Any, ...]) -> None:
+        if message[0] == "translate":
+            rid, region, chunks, kvp, steps, eta, seed, first = message[1:]
+            self.requests[rid] = _Request(region, (kvp, steps, eta, seed), first, deque(chunks))
+        elif message[0] == "cancel":
+            # Chunks still running finish on their actors and are dropped; the node keeps only
+            # checkpointed chunks, so nothing half-done is ever used.
+            self._end(message[1])
+            conn.send(("cancelled", message[1]))
+
+    def _end(self, rid: int) -> bool:
+        """Forget request ``rid``; False when it had ended already (its chunks may still be running)."""
+        if self.requests.pop(rid, None) is None:
+            return False
+        for ref, (owner, chunk, slot) in self.in_flight.items():
+            if owner == rid:
+                self.in_flight[ref] = (None, chunk, slot)
+        return True
+
+    def _dispatch(self, conn: Connection) -> None:
+        for rid, request in self.requests.items():  # oldest request first (dicts keep insertion order)
+            while request.pending and self.idle:
+                slot, (start, stop) = self.idle.popleft(), request.pending.popleft()
+                kvp, steps, eta, seed = request.args
+                first = request.first_slice_index + start
+                chunk = request.region[start:stop]
+                ref = self.actors[slot].translate.remote(chunk, kvp, steps, eta, seed, first)
+                self.in_flight[ref] = (rid, (start, stop), slot)
+                request.running += 1
+                conn.send(("sent", rid, start, slot))
+        for rid in [
+            rid for rid, request in self.requests.items() if not request.pending and not request.running
+        ]:
+            del self.requests[rid]
+            conn.send(("done", rid))
+
+    def _finish(self, conn: Connection, ref: Any) -> None:
+        ray = self.ray
+        rid, chunk, slot = self.in_flight.pop(ref)
+        request = self.requests.get(rid) if rid is not None else None
+        if request is not None:
+            request.running -= 1
+        try:
+            values = ray.get(ref)
+        except ray.exceptions.RayActorError as error:
+            # The actor (or its machine) died under this chunk: another actor does it again,
+            # and a fresh actor takes the dead one's place.
+            self.actors[slot] = self.start_actor()
+            self.idle.append(slot)
+            if request is not None:
+                request.pending.appendleft(chunk)
+                conn.send(("retry", rid, chunk[0], _first_line(error), slot))
+            return
+        except ray.exceptions.RayTaskError as error:
+            self.idle.append(slot)
+            if rid is not None and self._end(rid):
+                conn.send(("failed", rid, _first_line(error.cause if error.cause is not None else error)))
+            return
+        self.idle.append(slot)
+        if request is not None:
+            conn.send(("chunk", rid, chunk[0], values, slot))
 
 
 def _first_line(error: BaseException) -> str:

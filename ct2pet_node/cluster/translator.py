@@ -10,7 +10,11 @@ down the worker keeps jobs WAITING (``fallback = "wait"``) or, with
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import multiprocessing
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.connection import Connection
@@ -23,8 +27,10 @@ import structlog
 
 from ct2pet_node import __version__
 from ct2pet_node.cluster.actor import ActorSpec
-from ct2pet_node.cluster.driver import DriverSettings
+from ct2pet_node.cluster.driver import DriverSettings, serve
+from ct2pet_node.cluster.ledger import ChunkLedger
 from ct2pet_node.config import Config
+from ct2pet_node.domain.cluster import ClusterSnapshot
 from ct2pet_node.engine.options import EngineOptions
 from ct2pet_node.engine.weights import MANIFEST_NAME, load_manifest, sha256_of
 from ct2pet_node.errors import EngineError, EngineUnavailable
@@ -57,7 +63,14 @@ def cluster_line(
 class RayTranslator:
     """The engine on a Ray cluster, per ``[engine.ray]``; see the module docstring."""
 
-    def __init__(self, config: Config, *, actor_weights_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        actor_weights_dir: Path | None = None,
+        driver: Callable[[Connection, DriverSettings], None] = serve,
+    ) -> None:
+        """``driver`` is what the driver process runs (a test gives one on a fake Ray)."""
         from ct2pet_node.engine.bridge import BridgeSchedule
 
         engine = self.engine = config.engine
@@ -84,6 +97,7 @@ class RayTranslator:
         self._driver_settings = DriverSettings(
             ray.address, ray.namespace, ray.actors, ray.cpus_per_actor, ray.gpus_per_actor, spec
         )
+        self._driver = driver
         self._context = multiprocessing.get_context("spawn")
         self._process: BaseProcess | None = None
         self._conn: Connection | None = None
@@ -93,8 +107,17 @@ class RayTranslator:
         self._started_at = 0.0
         self._next_attempt = 0.0
         self.actors: list[dict[str, Any]] = []
-        self.retries = 0
+        self.ledger = ChunkLedger()
         self._local: Any = None
+        # Several engine threads share the driver: one starts or stops it at a time, one reads its
+        # pipe at a time (filing each message under its request), one writes at a time.
+        self._lifecycle = threading.RLock()
+        self._reading = threading.Lock()
+        self._sending = threading.Lock()
+        self._request_ids = itertools.count(1)
+        self._inboxes: dict[int, queue.SimpleQueue[Any]] = {}
+        # The fallback pipeline is one model on one device: jobs in flight take turns on it.
+        self._local_turn = threading.Lock()
 
     # -- what status shows -------------------------------------------------------------------
 
@@ -106,11 +129,21 @@ class RayTranslator:
     def cluster_status(self, waiting: int) -> str:
         return cluster_line(self.address, self.state, self.down_since, waiting, self.fallback, self.reason)
 
+    def cluster_snapshot(self, now: float) -> ClusterSnapshot:
+        """Actors, chunks in flight, slices per second and retries: the service's ``ClusterView``."""
+        return self.ledger.snapshot(self.address, self.state, now)
+
+    @property
+    def retries(self) -> int:
+        """Chunks sent again because their actor died, since the node started."""
+        return self.ledger.retries
+
     # -- the driver process ------------------------------------------------------------------
 
     def ready(self) -> bool:
         """Whether a job can start now: the cluster is up, or ``fallback = "local"``; never blocks."""
-        self._advance()
+        with self._lifecycle:
+            self._advance()
         return self.state == "ready" or self.fallback == "local"
 
     def _advance(self) -> None:
@@ -119,7 +152,8 @@ class RayTranslator:
             self._start_driver()
         if self.state != "starting" or self._conn is None:
             return
-        message = self._poll()
+        with self._reading:
+            message = self._poll()
         if message is None:
             if self._process is not None and not self._process.is_alive():
                 self._down("the Ray driver ended before it connected")
@@ -127,6 +161,7 @@ class RayTranslator:
                 self._down(f"no answer within {START_TIMEOUT_SECONDS:.0f} s")
         elif message[0] == "ready":
             self.actors = list(message[1])
+            self.ledger.actors_ready(self.actors, time.time())
             log.info(
                 "engine_cluster_ready",
                 address=self.address,
@@ -140,11 +175,9 @@ class RayTranslator:
             self._down(str(message[1]))
 
     def _start_driver(self) -> None:
-        from ct2pet_node.cluster.driver import serve
-
         ours, theirs = self._context.Pipe()
         process = self._context.Process(
-            target=serve, args=(theirs, self._driver_settings), name="ray-driver", daemon=True
+            target=self._driver, args=(theirs, self._driver_settings), name="ray-driver", daemon=True
         )
         process.start()
         theirs.close()
@@ -153,13 +186,20 @@ class RayTranslator:
 
     def _poll(self) -> Any:
         """The driver's next message, or None when none came (or the driver ended)."""
-        assert self._conn is not None
+        conn = self._conn
         try:
-            return self._conn.recv() if self._conn.poll(POLL_SECONDS) else None
-        except (EOFError, OSError):
+            return conn.recv() if conn is not None and conn.poll(POLL_SECONDS) else None
+        except (EOFError, OSError, ValueError):
             return None
 
-    def _down(self, reason: str, *, refused: bool = False) -> None:
+    def _down(self, reason: str, conn: Connection | None = None, *, refused: bool = False) -> None:
+        """The driver is gone (or refused); with ``conn``, only if that is still the driver's pipe."""
+        with self._lifecycle:
+            if conn is not None and self._conn is not conn:
+                return  # another engine thread saw it first; a new driver may be starting already
+            self._end_driver(reason, refused)
+
+    def _end_driver(self, reason: str, refused: bool) -> None:
         self.stop_driver()
         if self.down_since is None or self.state == "ready":
             self.down_since = time.time()
@@ -168,9 +208,14 @@ class RayTranslator:
         self.state, self.reason = ("refused" if refused else "down"), reason
         self._next_attempt = time.monotonic() + (REFUSED_RETRY_SECONDS if refused else RETRY_SECONDS)
         self.actors = []
+        self.ledger.lost()
 
     def stop_driver(self) -> None:
         """End the driver process (its actors end with it)."""
+        with self._lifecycle:
+            self._stop_driver()
+
+    def _stop_driver(self) -> None:
         process, self._process = self._process, None
         if self._conn is not None:
             self._conn.close()
@@ -199,6 +244,9 @@ class RayTranslator:
     ) -> Iterator[tuple[range, np.ndarray]]:
         """Each chunk of ``region_hu`` (indices into it) with its (len, S, S) PET, in the order they finish.
 
+        Safe to call from several engine threads at once: each call is one
+        request to the driver, and the actors are shared between them.
+
         Raises
         ------
         EngineUnavailable
@@ -209,54 +257,93 @@ class RayTranslator:
         """
         args = {"kvp": kvp, "steps": steps, "eta": eta, "seed": seed}
         remaining = {chunk.start: chunk for chunk in chunks}
-        if self.state != "ready" or self._conn is None:
+        conn = self._conn
+        if self.state != "ready" or conn is None:
             yield from self._locally(region_hu, list(remaining.values()), first_slice_index, args)
             return
+        rid = next(self._request_ids)
+        inbox = self._inboxes[rid] = queue.SimpleQueue()
         plan = [(chunk.start, chunk.stop) for chunk in chunks]
-        self._conn.send(("translate", region_hu, plan, kvp, steps, eta, seed, first_slice_index))
-        answered = False
+        answered = not self._send(
+            conn, ("translate", rid, region_hu, plan, kvp, steps, eta, seed, first_slice_index)
+        )
         try:
-            while True:
-                message = self._poll()
+            while not answered:
+                message = self._receive(conn, inbox)
                 if message is None:
-                    if self._process is not None and self._process.is_alive():
+                    if self._conn is conn and self._process is not None and self._process.is_alive():
                         continue
                     answered = True
-                    self._down("the Ray driver ended mid-study (head lost)")
-                    yield from self._locally(region_hu, list(remaining.values()), first_slice_index, args)
-                    return
+                    break
                 kind = message[0]
-                if kind == "chunk":
-                    yield remaining.pop(message[1]), message[2]
+                if kind == "sent":
+                    self.ledger.sent(rid, message[2], message[3], time.time())
+                elif kind == "chunk":
+                    chunk = remaining.pop(message[2])
+                    self.ledger.returned(rid, chunk.start, len(chunk), time.time())
+                    yield chunk, message[3]
                 elif kind == "retry":
-                    self.retries += 1
+                    self.ledger.died(rid, message[2])
                     log.warning(
-                        "engine_chunk_retried", first_slice=first_slice_index + message[1], reason=message[2]
+                        "engine_chunk_retried",
+                        first_slice=first_slice_index + message[2],
+                        reason=message[3],
+                        actor=f"actor-{message[4]}",
                     )
                 elif kind == "failed":
                     answered = True
-                    raise EngineError(f"a Ray actor failed to translate a chunk: {message[1]}")
+                    raise EngineError(f"a Ray actor failed to translate a chunk: {message[2]}")
                 elif kind == "done":
-                    answered = True
                     return
+            self._down("the Ray driver ended mid-study (head lost)", conn)
+            yield from self._locally(region_hu, list(remaining.values()), first_slice_index, args)
         finally:
-            if not answered:
-                self._cancel()
+            if not answered and remaining:
+                self._cancel(conn, rid, inbox)
+            self._inboxes.pop(rid, None)
+            self.ledger.abandoned(rid)
 
-    def _cancel(self) -> None:
-        """Tell the driver to drop this request (the caller stopped reading), and wait until it has."""
-        if self._conn is None:
-            return
+    def _send(self, conn: Connection, message: tuple[Any, ...]) -> bool:
+        """Send to the driver on ``conn``; False when it is gone."""
         try:
-            self._conn.send(("cancel",))
+            with self._sending:
+                conn.send(message)
+        except (OSError, ValueError):  # ValueError: the connection was closed by another thread
+            return False
+        return True
+
+    def _receive(self, conn: Connection, inbox: queue.SimpleQueue[Any]) -> Any:
+        """The next message for the request of ``inbox``, or None after a poll brought none for it.
+
+        One thread reads the pipe at a time and files what it reads under
+        its request, so each engine thread sees only its own job's chunks.
+        """
+        with contextlib.suppress(queue.Empty):
+            return inbox.get_nowait()
+        with self._reading:
+            with contextlib.suppress(queue.Empty):
+                return inbox.get_nowait()
+            if self._conn is not conn:
+                return None  # that driver is gone; a new one's messages are not this request's
+            message = self._poll()
+        if message is None:
+            return None
+        target = self._inboxes.get(message[1])
+        if target is inbox:
+            return message
+        if target is not None:
+            target.put(message)
+        return None
+
+    def _cancel(self, conn: Connection, rid: int, inbox: queue.SimpleQueue[Any]) -> None:
+        """Tell the driver to drop request ``rid`` (the caller stopped reading), and wait until it has."""
+        if self._send(conn, ("cancel", rid)):
             deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                message = self._poll()
+            while time.monotonic() < deadline and self._conn is conn:
+                message = self._receive(conn, inbox)
                 if message is not None and message[0] in ("cancelled", "done", "failed"):
                     return
-        except (OSError, BrokenPipeError):
-            pass
-        self._down("the Ray driver did not answer a cancel")
+        self._down("the Ray driver did not answer a cancel", conn)
 
     def _locally(
         self, region_hu: np.ndarray, chunks: list[range], first_slice_index: int, args: dict[str, Any]
@@ -266,22 +353,21 @@ class RayTranslator:
             raise EngineUnavailable(
                 f"engine cluster {self.address} unreachable since {since}; the job resumes when it is back"
             )
-        if self._local is None:
-            from ct2pet_node.engine import load_pipeline
-
-            log.warning("engine_fallback_local", address=self.address, reason=self.reason)
-            engine = self.engine
-            options = EngineOptions.from_config(engine)
-            self._local = load_pipeline(engine.weights_dir, device=engine.device, options=options)
         for chunk in sorted(chunks, key=lambda c: c.start):
-            yield (
-                chunk,
-                self._local.translate_region(
+            with self._local_turn:
+                if self._local is None:
+                    from ct2pet_node.engine import load_pipeline
+
+                    log.warning("engine_fallback_local", address=self.address, reason=self.reason)
+                    engine = self.engine
+                    options = EngineOptions.from_config(engine)
+                    self._local = load_pipeline(engine.weights_dir, device=engine.device, options=options)
+                values = self._local.translate_region(
                     region_hu[chunk.start : chunk.stop],
                     first_slice_index=first_slice_index + chunk.start,
                     **args,
-                ),
-            )
+                )
+            yield chunk, values
 
     def translate_region(
         self,

@@ -31,6 +31,9 @@ class RayConfig:
         The Ray namespace the node's actors live in.
     fallback : str
         One of :data:`RAY_FALLBACKS`.
+    jobs_in_flight : int or None
+        Jobs the engine works on at once, their chunks sharing the actors;
+        None: as many as ``actors`` (see :attr:`jobs_at_once`).
     """
 
     address: str = "127.0.0.1:6379"
@@ -39,6 +42,13 @@ class RayConfig:
     cpus_per_actor: float = 1.0
     namespace: str = "ct2pet-node"
     fallback: str = "wait"
+    jobs_in_flight: int | None = None
+
+    @property
+    def jobs_at_once(self) -> int:
+        # A study has few chunks near its end, or fewer chunks than actors: a second job's chunks
+        # keep the idle actors busy. One per actor keeps every actor fed without a backlog.
+        return self.jobs_in_flight if self.jobs_in_flight is not None else self.actors
 
 
 def _address(value: str) -> bool:
@@ -77,6 +87,10 @@ def parse_ray(check: Checker, engine: Mapping[str, Any]) -> RayConfig:
             where, table, "fallback", str, lambda v: v in RAY_FALLBACKS, " or ".join(map(repr, RAY_FALLBACKS))
         ),
     }
+    if "jobs_in_flight" in table:  # optional: its default follows actors
+        values["jobs_in_flight"] = check.get(
+            where, table, "jobs_in_flight", int, lambda v: v >= 1, "a whole number, 1 or more"
+        )
     found = {key: value for key, value in values.items() if value is not None}
     for key in ("gpus_per_actor", "cpus_per_actor"):
         if key in found:

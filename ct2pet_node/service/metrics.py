@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ct2pet_node.domain.cluster import ClusterSnapshot
 from ct2pet_node.domain.jobs import Job, JobState
 
 # The classic text format, which generate_latest writes and every Prometheus server scrapes.
@@ -81,6 +82,43 @@ class ReadAtScrape(Collector):
             for value, sample in sorted(self._reader().items()):
                 family.add_metric([value], float(sample))
         yield family
+
+
+class ClusterCollector(Collector):
+    """The engine cluster's series, from its :class:`ClusterSnapshot` at each scrape."""
+
+    def __init__(self, snapshot: Callable[[], ClusterSnapshot]) -> None:
+        self._snapshot = snapshot
+
+    @staticmethod
+    def _families(
+        snapshot: ClusterSnapshot | None,
+    ) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, CounterMetricFamily]:
+        actors = GaugeMetricFamily("ct2pet_cluster_actors", "Actors of the engine cluster serving the node.")
+        in_flight = GaugeMetricFamily(
+            "ct2pet_cluster_chunks_in_flight", "Chunks sent to the cluster's actors and not yet back."
+        )
+        speed = GaugeMetricFamily(
+            "ct2pet_cluster_slices_per_second",
+            "Slices each actor returned per second over the last minute.",
+            labels=["actor", "host", "device"],
+        )
+        retries = CounterMetricFamily(
+            "ct2pet_cluster_chunk_retries", "Chunks sent again because their actor died."
+        )
+        if snapshot is not None:
+            actors.add_metric([], len(snapshot.actors))
+            in_flight.add_metric([], snapshot.chunks_in_flight)
+            for actor in snapshot.actors:
+                speed.add_metric([actor.name, actor.host, actor.device], actor.slices_per_second)
+            retries.add_metric([], snapshot.chunk_retries)
+        return actors, in_flight, speed, retries
+
+    def describe(self) -> list[Metric]:
+        return list(self._families(None))
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families(self._snapshot())
 
 
 class NodeMetrics:
@@ -182,6 +220,10 @@ class NodeMetrics:
         """Read data_dir's free bytes from ``free_bytes`` at each scrape; the watermark beside it."""
         self.data_dir_free_bytes.set_function(free_bytes)
         self.data_dir_min_free_bytes.set(min_free_bytes)
+
+    def read_cluster(self, snapshot: Callable[[], ClusterSnapshot]) -> None:
+        """Expose the engine cluster's series (``[engine] backend = "ray"`` only), read at each scrape."""
+        self.registry.register(ClusterCollector(snapshot))
 
     def read_from_listener(self, status: Callable[[], Mapping[str, Any]]) -> None:
         """Take the listener's series from ``StorageScp.listener_status`` (what ``status`` shows)."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ct2pet_node import __version__
+from ct2pet_node.domain.cluster import ClusterSnapshot, ClusterView
 from ct2pet_node.domain.jobs import JobState
 from ct2pet_node.routing.retention import disk_warning
 from ct2pet_node.service.progress import job_progress
@@ -128,6 +129,8 @@ class StatusReport:
     active_jobs: tuple[Mapping[str, Any], ...] = ()
     # The engine cluster's one-line state ([engine] backend = "ray"); None for the local engine.
     engine: str | None = None
+    # The cluster's actors, chunks in flight, slices/s and retries; None for the local engine.
+    cluster: ClusterSnapshot | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The ``/status`` JSON."""
@@ -153,6 +156,7 @@ class StatusReport:
             "active_jobs": [dict(job) for job in self.active_jobs],
             # Only with a cluster engine, so a local node's /status stays as it was.
             **({"engine": self.engine} if self.engine is not None else {}),
+            **({"cluster": self.cluster.to_json()} if self.cluster is not None else {}),
         }
 
     @classmethod
@@ -188,6 +192,7 @@ class StatusReport:
             disk=_known(DiskStatus, data["disk"]) if data.get("disk") else None,
             active_jobs=tuple(dict(job) for job in data.get("active_jobs") or ()),
             engine=data.get("engine"),
+            cluster=ClusterSnapshot.from_json(data["cluster"]) if data.get("cluster") else None,
         )
 
 
@@ -250,6 +255,7 @@ def build_status(sources: StatusSources, now: float) -> StatusReport:
         disk=_disk(config),
         active_jobs=_active_jobs(sources, now),
         engine=_engine_line(translator, counts.get(JobState.WAITING, 0)),
+        cluster=translator.cluster_snapshot(now) if isinstance(translator, ClusterView) else None,
     )
 
 

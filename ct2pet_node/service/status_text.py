@@ -52,6 +52,24 @@ def _listener_lines(listener: Mapping[str, Any], now: float) -> list[str]:
     return lines
 
 
+def _cluster_lines(report: StatusReport) -> list[str]:
+    """The cluster's totals, then one line per actor; none for the local engine."""
+    cluster = report.cluster
+    if cluster is None:
+        return []
+    lines = [
+        f"cluster    {len(cluster.actors)} actors, {cluster.chunks_in_flight} chunks in flight, "
+        f"{cluster.slices_per_second:.2f} slices/s, {cluster.chunk_retries} chunks retried"
+    ]
+    for actor in cluster.actors:
+        lines.append(
+            f"  {actor.name}  {actor.host} {actor.device}: {actor.chunks_in_flight} in flight, "
+            f"{actor.slices_per_second:.2f} slices/s, {actor.slices_done} slices done"
+            + (f", restarted {actor.restarts}x" if actor.restarts else "")
+        )
+    return lines
+
+
 def render_status(report: StatusReport, now: float | None = None) -> str:
     """Lines of text from a status report."""
     now = time.time() if now is None else now
@@ -63,6 +81,7 @@ def render_status(report: StatusReport, now: float | None = None) -> str:
         "jobs       " + ", ".join(f"{state} {count}" for state, count in report.jobs),
         f"queues     engine {report.queues.engine}, outbox_due {report.queues.outbox_due}",
         *([f"engine     {report.engine}"] if report.engine else []),
+        *_cluster_lines(report),
     ]
     lines += _listener_lines(report.listener, now)
     disk = report.disk

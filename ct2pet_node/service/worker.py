@@ -1,4 +1,4 @@
-"""The engine worker: one thread that takes WAITING jobs and turns them into result files.
+"""The engine worker: the thread(s) that take WAITING jobs and turn them into result files.
 
 For each job: re-read the series' headers, qualify and build the HU volume,
 translate it in chunks of slices (each finished chunk checkpointed to
@@ -34,6 +34,7 @@ from ct2pet_node.domain.model_grid import GridMapping, ModelFrame
 from ct2pet_node.domain.volume import CtVolume
 from ct2pet_node.errors import Ct2PetError, EngineError, EngineUnavailable, SeriesRefused
 from ct2pet_node.routing.qualify import qualify_series
+from ct2pet_node.service.engine_threads import EngineThreads, RunningJobs
 from ct2pet_node.service.metrics import NodeMetrics
 from ct2pet_node.service.progress import ProgressBoard
 from ct2pet_node.service.queue import EngineQueue
@@ -93,6 +94,7 @@ class EngineWorker:
         chunk_slices: int = CHUNK_SLICES,
         idle_poll_seconds: float = IDLE_POLL_SECONDS,
         progress: ProgressBoard | None = None,
+        jobs_in_flight: int = 1,
     ) -> None:
         if chunk_slices < 1:
             raise ValueError(f"chunk_slices must be at least 1, got {chunk_slices}")
@@ -106,9 +108,16 @@ class EngineWorker:
         self.metrics = metrics
         self.progress = progress or ProgressBoard()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.current_job: int | None = None
+        # One thread per job in flight (service.engine_threads): 1 for a local engine's one device.
+        self._threads = EngineThreads(self._run, jobs_in_flight)
+        self.running = RunningJobs()
         self.sampling = Sampling.for_model(config.engine, translator.default_steps, translator.default_eta)
+
+    @property
+    def current_job(self) -> int | None:
+        """The lowest-numbered job being translated, or None; :attr:`running` has them all."""
+        ids = self.running.ids()
+        return ids[0] if ids else None
 
     @property
     def results_root(self) -> Path:
@@ -122,20 +131,16 @@ class EngineWorker:
 
     def start(self) -> None:
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
-        self._thread.start()
+        self._threads.start()
 
     def request_stop(self) -> None:
         """Ask the current translation to checkpoint at its next chunk boundary; returns at once."""
         self._stop.set()
 
     def stop(self, timeout: float | None = None) -> bool:
-        """Ask the current translation to checkpoint and stop; True when the thread ended."""
+        """Ask every translation to checkpoint and stop; True when every engine thread ended."""
         self.request_stop()
-        if self._thread is None:
-            return True
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        return self._threads.join(timeout)
 
     def _run(self) -> None:
         idle_since = time.monotonic()
@@ -180,7 +185,7 @@ class EngineWorker:
         job = self.store.claim(job_id)
         if job is None:
             return None
-        self.current_job = job.id
+        self.running.add(job.id)
         log.info("generation_started", job_id=job.id, series_uid=job.series_uid, attempt=job.attempts)
         try:
             return self._process(job)
@@ -209,7 +214,7 @@ class EngineWorker:
             return self._settle(job, JobState.FAILED, f"internal error: {type(error).__name__}: {error}")
         finally:
             self.progress.translation_ended(job.id)
-            self.current_job = None
+            self.running.discard(job.id)
 
     def _settle(
         self, job: Job, state: JobState, reason: str | None, details: JobDetails | None = None

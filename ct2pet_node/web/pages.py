@@ -126,6 +126,7 @@ def dashboard(report: StatusReport, jobs: Sequence[Job], facts: NodeFacts, now: 
         _node(report, facts),
         _disk(report, facts),
         _queues(report),
+        _cluster(report),
         _destinations(report),
         _problems(report),
         _charts(jobs, now),
@@ -195,6 +196,31 @@ def _queues(report: StatusReport) -> str:
         ),
     ]
     return "<section><h2>Queues</h2>" + table(rows) + "</section>"
+
+
+def _cluster(report: StatusReport) -> str:
+    """The engine cluster's actors, one row each; nothing for the local engine."""
+    cluster = report.cluster
+    if cluster is None:
+        return ""
+    rows = [
+        (
+            escape(actor.name),
+            escape(actor.host),
+            escape(actor.device),
+            str(actor.chunks_in_flight),
+            f"{actor.slices_per_second:.2f}",
+            str(actor.slices_done),
+            str(actor.restarts),
+        )
+        for actor in cluster.actors
+    ]
+    head = ("actor", "host", "device", "chunks in flight", "slices/s (1 min)", "slices done", "restarts")
+    summary = (
+        f"<p>{escape(cluster.address)} {escape(cluster.state)}: {len(rows)} actors, "
+        f"{cluster.chunk_retries} chunks retried after an actor died</p>"
+    )
+    return "<section><h2>Engine cluster</h2>" + summary + table(rows, head) + "</section>"
 
 
 def _destinations(report: StatusReport) -> str:

@@ -134,6 +134,17 @@ def main(weights_dir: Path, work: Path) -> dict[str, Any]:
         got, starts = spread(kill_after_first=False)
         result["identical"] = bool(np.array_equal(got, expected))
         result["chunks_once"] = sorted(starts) == [c.start for c in chunks]
+        # Two jobs in flight: two engine threads' requests at once, each gets its own chunks back.
+        both: list[tuple[np.ndarray, list[int]]] = []
+        threads = [threading.Thread(target=lambda: both.append(spread(False))) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        result["concurrent_identical"] = len(both) == 2 and all(
+            np.array_equal(got, expected) and sorted(starts) == [c.start for c in chunks]
+            for got, starts in both
+        )
         got, starts = spread(kill_after_first=True)
         result["killed_identical"] = bool(np.array_equal(got, expected))
         result["killed_chunks_once"] = sorted(starts) == [c.start for c in chunks]
@@ -156,8 +167,11 @@ def head_lost(translator: Any, cluster: Cluster, config: Any, work: Path) -> dic
     from ct2pet_node.domain.uids import AeTitle, SeriesUid, SopInstanceUid, StudyUid, Uid
     from ct2pet_node.service.metrics import NodeMetrics
     from ct2pet_node.service.queue import InProcessQueue
+    from ct2pet_node.service.recent_errors import RecentErrors
+    from ct2pet_node.service.status import StatusSources, build_status
     from ct2pet_node.service.worker import EngineWorker
     from ct2pet_node.spool.jobstore import JobStore
+    from ct2pet_node.spool.outbox import Outbox
 
     paths = make_ct_series(work / "ct", n=10 * CHUNK, rows=32, cols=32)
     found: dict[str, Any] = {}
@@ -203,6 +217,13 @@ def head_lost(translator: Any, cluster: Cluster, config: Any, work: Path) -> dic
         found["state_after_return"] = worker.process(job.id)
         found["translated_after_return"] = worker.metrics.sample("ct2pet_engine_slices_total")
         found["outputs"] = len(list((config.node.data_dir / "results" / str(job.id)).rglob("*.dcm")))
+        # What /status serves and the dashboard reads, right after the job.
+        outbox = Outbox.open(config.node.data_dir)
+        try:
+            sources = StatusSources(config, store, outbox, worker, RecentErrors(), time.time(), os.getpid())
+            found["status_cluster"] = build_status(sources, time.time()).to_json()["cluster"]
+        finally:
+            outbox.close()
     return {key: (value.value if isinstance(value, JobState) else value) for key, value in found.items()}
 
 

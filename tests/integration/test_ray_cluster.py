@@ -50,6 +50,8 @@ def verdict(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
 def test_two_actors_on_two_nodes_equal_the_local_translation_bit_for_bit(verdict: dict[str, Any]) -> None:
     assert len(verdict["actors"]) == 2
     assert verdict["identical"] and verdict["chunks_once"]
+    # Two requests at once (two jobs in flight) share the actors and each gets exactly its chunks.
+    assert verdict["concurrent_identical"]
 
 
 def test_an_actor_killed_mid_study_gives_the_same_series_once(verdict: dict[str, Any]) -> None:
@@ -68,6 +70,12 @@ def test_a_lost_head_leaves_the_job_waiting_with_a_status_line_and_it_completes_
     assert verdict["state_after_return"] == "done" and verdict["outputs"] == 40
     # Only the chunks not checkpointed before the loss were translated again.
     assert verdict["translated_after_return"] == 40 - 4 * verdict["checkpoints_kept"]
+    # The status JSON shows the actors that came back, their speed, and the retry of the earlier kill.
+    cluster = verdict["status_cluster"]
+    assert cluster["state"] == "ready" and len(cluster["actors"]) == 2
+    assert {actor["device"] for actor in cluster["actors"]} == {"cpu"}
+    assert cluster["slices_per_second"] > 0 and cluster["chunks_in_flight"] == 0
+    assert cluster["chunk_retries"] >= verdict["retries"] >= 1
 
 
 def test_a_worker_with_another_model_is_refused_with_a_clear_error(verdict: dict[str, Any]) -> None:

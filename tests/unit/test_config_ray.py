@@ -30,13 +30,19 @@ def test_ray_backend_and_its_table_are_read(tmp_path: Path) -> None:
     ).engine
     assert engine.backend == "ray"
     assert engine.ray == RayConfig("10.0.0.5:6380", 4, 0.0, 0.5, "site-a", "local")
+    assert engine.ray.jobs_at_once == 4  # jobs_in_flight unset: one job per actor
+
+
+def test_jobs_in_flight_may_be_set_apart_from_the_actors(tmp_path: Path) -> None:
+    ray = load_config(write(tmp_path, "[engine.ray]\nactors = 4\njobs_in_flight = 2\n")).engine.ray
+    assert (ray.jobs_in_flight, ray.jobs_at_once) == (2, 2)
 
 
 def test_bad_ray_values_are_each_reported_with_their_key(tmp_path: Path) -> None:
     path = write(
         tmp_path,
         '[engine]\nbackend = "cluster"\n[engine.ray]\naddress = "head"\nactors = 0\n'
-        'cpus_per_actor = 0\nfallback = "retry"\nworkers = 2\n',
+        'cpus_per_actor = 0\nfallback = "retry"\nworkers = 2\njobs_in_flight = 0\n',
     )
     with pytest.raises(ConfigError) as caught:
         load_config(path)
@@ -48,6 +54,7 @@ def test_bad_ray_values_are_each_reported_with_their_key(tmp_path: Path) -> None
         "cpus_per_actor",
         "fallback",
         "workers",
+        "jobs_in_flight",
     ):
         assert key in text
-    assert len(caught.value.problems) == 6
+    assert len(caught.value.problems) == 7

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from jobpaths import move_to
 
+from ct2pet_node.domain.cluster import ActorActivity, ClusterSnapshot
 from ct2pet_node.domain.jobs import JobState
 from ct2pet_node.domain.records import InstanceRecord
 from ct2pet_node.domain.uids import AeTitle, SeriesUid, SopInstanceUid, StudyUid, Uid
@@ -90,3 +91,33 @@ def test_series_counters_count_job_moves_and_never_go_down(tmp_path: Path) -> No
         move_to(store, 1, JobState.WAITING)
         move_to(store, 1, JobState.REFUSED, "the spooled files changed")  # refused at the engine's re-check
         assert [metrics.sample(name) for name in SERIES] == [2, 1]
+
+
+def test_a_cluster_engine_exposes_actors_chunks_speed_and_retries_at_each_scrape() -> None:
+    metrics = NodeMetrics()
+    snapshots = [
+        ClusterSnapshot(
+            "head:6379",
+            "ready",
+            (
+                ActorActivity("actor-0", "gpu-a", "cuda:0", chunks_in_flight=2, slices_per_second=3.0),
+                ActorActivity("actor-1", "gpu-b", "cuda:0", chunks_in_flight=1, slices_per_second=1.5),
+            ),
+            chunk_retries=1,
+        )
+    ]
+    metrics.read_cluster(lambda: snapshots[-1])
+    assert metrics.sample("ct2pet_cluster_actors") == 2
+    assert metrics.sample("ct2pet_cluster_chunks_in_flight") == 3
+    assert metrics.sample("ct2pet_cluster_chunk_retries_total") == 1
+    labels = {"actor": "actor-1", "host": "gpu-b", "device": "cuda:0"}
+    assert metrics.sample("ct2pet_cluster_slices_per_second", **labels) == 1.5
+    snapshots.append(ClusterSnapshot("head:6379", "down", (), chunk_retries=1))
+    assert metrics.sample("ct2pet_cluster_actors") == 0
+    assert metrics.sample("ct2pet_cluster_slices_per_second", **labels) == 0
+    text = metrics.render().decode()
+    assert "# TYPE ct2pet_cluster_chunk_retries_total counter" in text
+
+
+def test_a_local_engine_has_no_cluster_series() -> None:
+    assert "ct2pet_cluster" not in NodeMetrics().render().decode()

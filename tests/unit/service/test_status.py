@@ -13,6 +13,7 @@ from fakes import FakeModel
 from jobpaths import move_to
 
 from ct2pet_node.config import Config, Destination, load_config
+from ct2pet_node.domain.cluster import ActorActivity, ClusterSnapshot
 from ct2pet_node.domain.jobs import JobState
 from ct2pet_node.domain.records import InstanceRecord
 from ct2pet_node.domain.uids import AeTitle, SeriesUid, SopInstanceUid, StudyUid, Uid
@@ -125,3 +126,43 @@ def test_the_json_keeps_its_field_names_and_reads_back(sources: StatusSources) -
     assert StatusReport.from_json(encoded) == report
     # What a newer node may add is ignored rather than refused.
     assert StatusReport.from_json({**encoded, "dashboard": {}}) == report
+
+
+class ClusterTranslator(Translator):
+    """A translator on a cluster of two actors, as ct2pet_node.cluster's would report it."""
+
+    def __init__(self) -> None:
+        self.asked_at: list[float] = []
+
+    def cluster_snapshot(self, now: float) -> ClusterSnapshot:
+        self.asked_at.append(now)
+        return ClusterSnapshot(
+            "head:6379",
+            "ready",
+            (
+                ActorActivity("actor-0", "gpu-a", "cuda:0", chunks_in_flight=1, slices_per_second=2.5),
+                ActorActivity("actor-1", "gpu-b", "cuda:0", slices_per_second=1.5, slices_done=32),
+            ),
+            chunk_retries=3,
+        )
+
+
+def test_a_cluster_engine_reports_its_actors_in_the_json(sources: StatusSources) -> None:
+    translator = ClusterTranslator()
+    worker = EngineWorker(
+        sources.config, sources.store, InProcessQueue(), translator, lambda *_: True, NodeMetrics()
+    )
+    report = build_status(dataclasses.replace(sources, worker=worker), NOW)
+    assert translator.asked_at == [NOW]
+    cluster = report.to_json()["cluster"]
+    assert [(a["name"], a["host"], a["device"]) for a in cluster["actors"]] == [
+        ("actor-0", "gpu-a", "cuda:0"),
+        ("actor-1", "gpu-b", "cuda:0"),
+    ]
+    assert cluster["chunks_in_flight"] == 1 and cluster["chunk_retries"] == 3
+    assert cluster["slices_per_second"] == 4.0
+    assert StatusReport.from_json(report.to_json()) == report
+
+
+def test_a_local_engine_has_no_cluster_in_its_json(sources: StatusSources) -> None:
+    assert "cluster" not in build_status(sources, NOW).to_json()

@@ -107,3 +107,34 @@ def test_a_cluster_engine_line_is_shown_and_survives_json() -> None:
     assert StatusReport.from_json(report.to_json()) == report
     assert f"engine     {line}" in render_status(report).splitlines()
     assert "engine" not in _report().to_json()  # a local node's /status keeps its fields
+
+
+def test_a_cluster_shows_its_totals_then_a_line_per_actor() -> None:
+    cluster = {
+        "address": "head:6379",
+        "state": "ready",
+        "actors": [
+            {
+                "name": "actor-0",
+                "host": "gpu-a",
+                "device": "cuda:0",
+                "chunks_in_flight": 1,
+                "slices_per_second": 2.5,
+                "slices_done": 160,
+            },
+            {
+                "name": "actor-1",
+                "host": "gpu-b",
+                "device": "cpu",
+                "slices_per_second": 0.25,
+                "slices_done": 16,
+                "restarts": 1,
+            },
+        ],
+        "chunk_retries": 1,
+    }
+    lines = render_status(_report(cluster=cluster), NOW).splitlines()
+    assert "cluster    2 actors, 1 chunks in flight, 2.75 slices/s, 1 chunks retried" in lines
+    assert "  actor-0  gpu-a cuda:0: 1 in flight, 2.50 slices/s, 160 slices done" in lines
+    assert "  actor-1  gpu-b cpu: 0 in flight, 0.25 slices/s, 16 slices done, restarted 1x" in lines
+    assert not any(line.startswith("cluster") for line in render_status(_report(), NOW).splitlines())

@@ -111,3 +111,18 @@ def test_dashboard_shows_progress_with_its_finish_the_engine_and_each_recent_rej
     assert "calling AE not allowed" in html and "EVIL -&gt; CT2PET" in html and "10.9.9.9" in html
     assert "estimated finish 2027-01-15T08:00:00Z" in job_page(report, _job(JobState.PROCESSING), [], NOW)
     assert "local, this host" in dashboard(_report(), [], FACTS, NOW)
+
+
+def test_a_cluster_engine_gets_a_row_per_actor_and_a_local_one_no_section() -> None:
+    cluster = {
+        "address": "head:6379",
+        "state": "ready",
+        "actors": [{"name": "actor-0", "host": HOSTILE, "device": "cuda:0", "slices_per_second": 2.5}],
+        "chunk_retries": 2,
+    }
+    report = StatusReport.from_json({**_report().to_json(), "cluster": cluster})
+    html = dashboard(report, [], FACTS, NOW)
+    assert "Engine cluster" in html and "2 chunks retried" in html
+    assert "<td>actor-0</td>" in html and "<td>cuda:0</td>" in html and "<td>2.50</td>" in html
+    assert HOSTILE not in html
+    assert "Engine cluster" not in dashboard(_report(), [], FACTS, NOW)
