@@ -9,10 +9,20 @@ at the moment a session is made, and are never logged.
 
 from __future__ import annotations
 
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import requests
 from dicomweb_client.api import DICOMwebClient
 
 from ct2pet_node.config import DicomwebEndpoint
+from ct2pet_node.errors import DeliveryError
+
+# How much of a server's error body goes into a reason: enough for "invalid token", not a whole HTML page.
+_BODY_EXCERPT_CHARS = 200
+_ERRNO = re.compile(r"\[Errno -?\d+\] [^'\")\]]+")
 
 
 class _BearerAuth(requests.auth.AuthBase):
@@ -41,6 +51,101 @@ def session_for(endpoint: DicomwebEndpoint) -> requests.Session:
     return session
 
 
-def client_for(endpoint: DicomwebEndpoint) -> DICOMwebClient:
-    """A client for the endpoint's service root (STOW-RS, QIDO-RS and WADO-RS paths below it)."""
-    return DICOMwebClient(url=endpoint.url, session=session_for(endpoint))
+def client_for(
+    endpoint: DicomwebEndpoint,
+    timeout: float | tuple[float, float] = 20.0,
+    chunk_bytes: int = 10**6,
+    on_response: Callable[[requests.Response], None] | None = None,
+) -> DICOMwebClient:
+    """A client for the endpoint's service root (STOW-RS, QIDO-RS and WADO-RS paths below it).
+
+    Parameters
+    ----------
+    timeout : float or (connect, read) seconds
+    chunk_bytes : int
+        A request body larger than this is sent with chunked transfer encoding.
+    on_response : callable, optional
+        Shown every HTTP response as it arrives.
+    """
+
+    def hook(response: requests.Response, *_: object, **__: object) -> None:
+        if on_response is not None:
+            on_response(response)
+
+    client = DICOMwebClient(
+        url=endpoint.url,
+        session=session_for(endpoint),
+        timeout=timeout,
+        chunk_size=chunk_bytes,
+        callback=hook if on_response is not None else None,
+    )
+    # The outbox owns retries and their schedule; a second, hidden layer would multiply the waits.
+    client.set_http_retry_params(retry=False)
+    return client
+
+
+def http_reason(response: requests.Response, endpoint: DicomwebEndpoint) -> str:
+    """``HTTP 401 Unauthorized: <start of the body>``, with any secret of the endpoint blanked out."""
+    body = " ".join(response.text.split())[:_BODY_EXCERPT_CHARS]
+    for secret in (endpoint.password(), endpoint.token()):
+        if secret:
+            body = body.replace(secret, "***")
+    reason = f"HTTP {response.status_code} {response.reason or ''}".rstrip()
+    return f"{reason}: {body}" if body else reason
+
+
+def transport_reason(error: requests.RequestException, endpoint: DicomwebEndpoint) -> str:
+    """Why no HTTP answer came, in one short sentence that names the service and no credentials."""
+    where = endpoint.public_url
+    if isinstance(error, requests.exceptions.SSLError):
+        return (
+            f"TLS with {where} failed ({_short(error)}); check ca_certificates and the server's certificate"
+        )
+    if isinstance(error, requests.Timeout):
+        return f"{where} did not answer in time ({type(error).__name__})"
+    if isinstance(error, requests.ConnectionError):
+        return f"cannot connect to {where}: {_short(error)}; check that the server is running and the URL"
+    return f"the exchange with {where} broke off: {_short(error)}"
+
+
+def _short(error: Exception) -> str:
+    # requests nests urllib3's errors, whose text repeats the pool and URL; the errno line says it all.
+    text = str(error)
+    found = _ERRNO.search(text)
+    return found.group(0).strip() if found else type(error).__name__
+
+
+@dataclass(frozen=True, slots=True)
+class QidoEcho:
+    """A QIDO-RS query that was answered: the HTTP status and the wall-clock seconds it took."""
+
+    url: str
+    status: int
+    seconds: float
+
+
+def echo(endpoint: DicomwebEndpoint, timeout: float | tuple[float, float] = 20.0) -> QidoEcho:
+    """Ask for at most one study (QIDO-RS): the DICOMweb counterpart of a C-ECHO.
+
+    Raises
+    ------
+    DeliveryError
+        When no answer comes or the answer is not a success; the message
+        names the service (without credentials) and the server's reason.
+    """
+    answered: list[int] = []
+    client = client_for(endpoint, timeout, on_response=lambda response: answered.append(response.status_code))
+    started = time.monotonic()
+    try:
+        client.search_for_studies(limit=1, fields=["StudyInstanceUID"])
+    except requests.RequestException as error:
+        if isinstance(error, requests.HTTPError) and error.response is not None:
+            reason = http_reason(error.response, endpoint)
+            raise DeliveryError(f"echo failed: {endpoint.public_url} answered {reason}") from None
+        raise DeliveryError(f"echo failed: {transport_reason(error, endpoint)}") from None
+    except ValueError as error:  # a 2xx whose body is not DICOM JSON: not a DICOMweb service there
+        raise DeliveryError(
+            f"echo failed: {endpoint.public_url} answered, but not as a QIDO-RS service ({error}); "
+            "check the URL's path (the service root, e.g. .../dicom-web)"
+        ) from None
+    return QidoEcho(endpoint.public_url, answered[-1] if answered else 200, time.monotonic() - started)

@@ -294,7 +294,7 @@ def _destinations(config: Config, outbox: Outbox) -> tuple[DestinationStatus, ..
     known = {summary.name: summary for summary in outbox.summary()}
     listed = []
     for destination in config.destinations:
-        address = f"{destination.ae_title}@{destination.host}:{destination.port}"
+        address = destination.address
         summary = known.get(destination.name)
         if summary is None:
             listed.append(DestinationStatus(destination.name, address))
