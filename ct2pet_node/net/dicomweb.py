@@ -94,6 +94,13 @@ def http_reason(response: requests.Response, endpoint: DicomwebEndpoint) -> str:
     return f"{reason}: {body}" if body else reason
 
 
+def broke_off(error: requests.RequestException) -> bool:
+    """Whether a connection was made and then lost mid-exchange (rather than never made)."""
+    if isinstance(error, requests.exceptions.ChunkedEncodingError):
+        return True
+    return isinstance(error, requests.ConnectionError) and "Connection aborted" in str(error)
+
+
 def transport_reason(error: requests.RequestException, endpoint: DicomwebEndpoint) -> str:
     """Why no HTTP answer came, in one short sentence that names the service and no credentials."""
     where = endpoint.public_url
@@ -103,16 +110,28 @@ def transport_reason(error: requests.RequestException, endpoint: DicomwebEndpoin
         )
     if isinstance(error, requests.Timeout):
         return f"{where} did not answer in time ({type(error).__name__})"
+    if broke_off(error):
+        return f"the connection to {where} broke off mid-request ({_short(error)})"
     if isinstance(error, requests.ConnectionError):
         return f"cannot connect to {where}: {_short(error)}; check that the server is running and the URL"
-    return f"the exchange with {where} broke off: {_short(error)}"
+    return f"the exchange with {where} failed: {_short(error)}"
+
+
+def _innermost(error: BaseException) -> BaseException:
+    # requests wraps urllib3, which wraps the socket's error: the last one names the cause.
+    for cause in (*reversed(error.args), getattr(error, "reason", None)):
+        if isinstance(cause, BaseException):
+            return _innermost(cause)
+    return error
 
 
 def _short(error: Exception) -> str:
-    # requests nests urllib3's errors, whose text repeats the pool and URL; the errno line says it all.
-    text = str(error)
-    found = _ERRNO.search(text)
-    return found.group(0).strip() if found else type(error).__name__
+    found = _ERRNO.search(str(error))
+    if found:
+        return found.group(0).strip()
+    inner = _innermost(error)
+    text = " ".join(str(inner).split())[:_BODY_EXCERPT_CHARS]
+    return f"{type(inner).__name__}: {text}" if text else type(inner).__name__
 
 
 @dataclass(frozen=True, slots=True)

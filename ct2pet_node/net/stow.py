@@ -31,7 +31,7 @@ from pydicom.errors import InvalidDicomError
 
 from ct2pet_node.config import Destination, DicomwebEndpoint
 from ct2pet_node.errors import DeliveryError
-from ct2pet_node.net.dicomweb import client_for, http_reason, transport_reason
+from ct2pet_node.net.dicomweb import broke_off, client_for, http_reason, transport_reason
 from ct2pet_node.routing.delivery import InstanceResult, TransferProblem, http_problem
 
 log = structlog.get_logger(__name__)
@@ -141,9 +141,9 @@ def _answer_of(response: requests.Response) -> Dataset:
 def _transport_problem(error: requests.RequestException) -> TransferProblem:
     if isinstance(error, requests.Timeout):
         return TransferProblem.TIMEOUT
-    if isinstance(error, requests.ConnectionError):
+    if isinstance(error, requests.ConnectionError) and not broke_off(error):
         return TransferProblem.UNREACHABLE
-    return TransferProblem.ABORTED  # the answer broke off mid-way
+    return TransferProblem.ABORTED
 
 
 def _post(

@@ -72,7 +72,11 @@ class StowServer:
                 ]
                 owner.requests.append(uids)
                 owner.authorizations.append(self.headers.get("Authorization", ""))
-                self._reply(*owner.answer(uids))
+                answer = owner.answer(uids)
+                if answer[0] == 0:  # hang up without a word, as a server that crashed mid-request
+                    self.close_connection = True
+                    return
+                self._reply(*answer)
 
             def do_GET(self) -> None:
                 owner.authorizations.append(self.headers.get("Authorization", ""))
@@ -247,6 +251,21 @@ def test_a_closed_port_is_unreachable_and_retried(files: list[Path], token: Path
     assert {r.problem for r in results} == {TransferProblem.UNREACHABLE}
     assert "Connection refused" in results[0].detail
     assert results[0].detail.startswith(f"cannot connect to {closed}: ")
+    assert decide_attempt(results, 0, now=100.0).state is EntryState.PENDING
+
+
+def test_a_server_that_hangs_up_mid_request_is_retried(
+    server: tuple[StowServer, str], files: list[Path], token: Path
+) -> None:
+    stow, url = server
+    stow.answer = lambda uids: (0, "", "", b"")
+    results = send_files(_destination(url, token), files, QUICK)
+    assert len(stow.requests) == 1
+    assert {r.problem for r in results} == {TransferProblem.ABORTED}
+    assert results[0].detail == (
+        f"the connection to {url} broke off mid-request "
+        "(RemoteDisconnected: Remote end closed connection without response)"
+    )
     assert decide_attempt(results, 0, now=100.0).state is EntryState.PENDING
 
 
