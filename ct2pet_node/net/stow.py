@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 
 import requests
@@ -91,9 +92,7 @@ def _reasons(answer: Dataset, sequence: str, reason: str, default: int) -> dict[
 
 
 def results_from_answer(
-    batch: Sequence[tuple[Path, str]],
-    answer: Dataset,
-    unmentioned: tuple[TransferProblem, str] | None = None,
+    batch: Sequence[tuple[Path, str]], answer: Dataset, http_status: int, reason: str = ""
 ) -> list[InstanceResult]:
     """One result per ``(path, SOP instance UID)`` of the batch, from the server's STOW-RS answer.
 
@@ -102,26 +101,30 @@ def results_from_answer(
     batch : sequence of (Path, str)
     answer : Dataset
         The response body (empty when the server sent none).
-    unmentioned : (TransferProblem, str), optional
-        What an instance the answer does not name got. None for a 2xx
-        answer: with no sequence at all the whole request succeeded (status
-        0x0000); otherwise the server forgot it, and it is sent again.
+    http_status : int
+        The response's status; it decides for the instances the body does
+        not name. A bare 200 means every instance was stored (PS3.18
+        10.5.3); a 2xx that names some but not others forgot those, and
+        they are sent again; an error status is their problem.
+    reason : str
+        The error status's reason, for the instances it decides.
     """
     failed = _reasons(answer, _FAILED, "FailureReason", _PROCESSING_FAILURE)
     stored = _reasons(answer, _REFERENCED, "WarningReason", 0x0000)
-    silent = _REFERENCED not in answer and _FAILED not in answer
+    all_stored = http_status == HTTPStatus.OK and _REFERENCED not in answer and _FAILED not in answer
+    problem = http_problem(http_status)
     results = []
     for path, uid in batch:
         if uid in failed:
             results.append(InstanceResult(path, uid, failed[uid], None, "FailedSOPSequence"))
         elif uid in stored:
             results.append(InstanceResult(path, uid, stored[uid], None))
-        elif unmentioned is not None:
-            results.append(InstanceResult(path, uid, None, *unmentioned))
-        elif silent:
+        elif problem is not None:
+            results.append(InstanceResult(path, uid, None, problem, reason))
+        elif all_stored:
             results.append(InstanceResult(path, uid, 0x0000, None))
         else:
-            detail = "the server's STOW-RS answer does not mention this instance"
+            detail = f"the server's STOW-RS answer (HTTP {http_status}) does not mention this instance"
             results.append(InstanceResult(path, uid, None, TransferProblem.SERVER_ERROR, detail))
     return results
 
@@ -147,25 +150,32 @@ def _transport_problem(error: requests.RequestException) -> TransferProblem:
 
 
 def _post(
-    client: DICOMwebClient, endpoint: DicomwebEndpoint, instances: Sequence[_Instance]
+    client: DICOMwebClient,
+    answered: list[requests.Response],
+    endpoint: DicomwebEndpoint,
+    instances: Sequence[_Instance],
 ) -> list[InstanceResult]:
-    """POST one batch; one result per instance."""
+    """POST one batch; one result per instance. ``answered`` gets the responses as they arrive."""
     batch = [(i.path, i.sop_instance_uid) for i in instances]
+    answered.clear()
     try:
         answer = client.store_instances([i.dataset for i in instances])
     except requests.RequestException as error:
         response = error.response
         if isinstance(error, requests.HTTPError) and response is not None:
-            problem = http_problem(response.status_code) or TransferProblem.SERVER_ERROR
             # A 409 may still name each instance with its own FailureReason; those decide for them.
-            unmentioned = (problem, http_reason(response, endpoint))
-            return results_from_answer(batch, _answer_of(response), unmentioned)
+            reason = http_reason(response, endpoint)
+            return results_from_answer(batch, _answer_of(response), response.status_code, reason)
         problem, detail = _transport_problem(error), transport_reason(error, endpoint)
         return [InstanceResult(p, uid, None, problem, detail) for p, uid in batch]
     except ValueError as error:  # dicomweb-client cannot read the answer's media type
         detail = f"{endpoint.public_url} gave a STOW-RS answer that cannot be read: {error}"
         return [InstanceResult(p, uid, None, TransferProblem.SERVER_ERROR, detail) for p, uid in batch]
-    return results_from_answer(batch, answer)
+    response = answered[-1]
+    if _REFERENCED not in answer and _FAILED not in answer:
+        # dicomweb-client reads only an exact media type; one with a charset parameter is read here.
+        answer = _answer_of(response)
+    return results_from_answer(batch, answer, response.status_code)
 
 
 def _whole_request_failed(results: Sequence[InstanceResult]) -> tuple[TransferProblem | None, str]:
@@ -228,11 +238,13 @@ def send_files(
     if endpoint is None:
         raise DeliveryError(f"destination {destination.name} is not a DICOMweb destination")
     paths = [Path(p) for p in paths]
+    answered: list[requests.Response] = []
     client = client_for(
         endpoint,
         (limits.connect_seconds, limits.answer_seconds),
         # One Content-Length body per request: some proxies refuse chunked uploads.
         chunk_bytes=limits.batch_bytes + _BODY_OVERHEAD_BYTES,
+        on_response=answered.append,
     )
     done: dict[Path, InstanceResult] = {}
     problem: TransferProblem | None = None
@@ -247,7 +259,7 @@ def send_files(
         else:
             instances, results = _read(batch_paths)
             if instances:
-                posted = _post(client, endpoint, instances)
+                posted = _post(client, answered, endpoint, instances)
                 problem, detail = _whole_request_failed(posted)
                 results += posted
         for result in results:

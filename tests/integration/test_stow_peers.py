@@ -12,6 +12,7 @@ import base64
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -239,6 +240,23 @@ class Node:
         raise AssertionError(f"{what} did not happen\n{tail}")
 
 
+def _wait_until_free(namespace: NetNamespace, *ports: int, timeout: float = 10.0) -> None:
+    """Block until nothing holds ``ports``: the Lua filter's ``sleep`` inherits Orthanc's sockets."""
+    deadline = time.monotonic() + timeout
+    with namespace.entered():
+        for port in ports:
+            while True:
+                with socket.socket() as probe:
+                    # As Orthanc binds: connections of the killed one may linger in TIME_WAIT, harmlessly.
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    try:
+                        probe.bind(("127.0.0.1", port))
+                        break
+                    except OSError:
+                        assert time.monotonic() < deadline, f"port {port} still held after {timeout} s"
+                        time.sleep(0.05)
+
+
 def _count_safely(orthanc: DicomwebOrthanc) -> int:
     try:
         return orthanc.instances()
@@ -275,6 +293,7 @@ def test_the_node_delivers_over_stow_once_and_completes_after_orthanc_restarts_m
         with closing(Outbox.open(node.data_dir)) as outbox:
             node.wait_until("a failed attempt", lambda: outbox.entries(1)[0].attempts >= 1)
             assert outbox.entries(1)[0].state in (EntryState.PENDING, EntryState.SENDING)
+        _wait_until_free(namespace, orthanc.http_port, orthanc.dicom_port)
         orthanc.start()
         node.wait_until("delivery after the restart", lambda: node.job().state is JobState.DONE)
 

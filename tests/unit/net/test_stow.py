@@ -229,18 +229,37 @@ def test_a_server_error_is_retried_later(
     assert decision.state is EntryState.PENDING and decision.next_attempt_at == 110.0
 
 
-def test_an_answer_without_a_body_means_all_stored_one_forgotten_is_sent_again(
+def test_a_bare_200_means_all_stored_a_bare_202_or_a_forgotten_instance_is_sent_again(
     server: tuple[StowServer, str], files: list[Path], token: Path
 ) -> None:
     stow, url = server
     stow.answer = lambda uids: (200, "OK", "application/dicom+json", b"")
     assert {r.status for r in send_files(_destination(url, token), files, QUICK)} == {0x0000}
+    stow.answer = lambda uids: (202, "Accepted", "application/dicom+json", b"")
+    assert {r.outcome for r in send_files(_destination(url, token), files, QUICK)} == {
+        DeliveryOutcome.RETRYABLE
+    }
     batch = [(files[0], "1.2.3"), (files[1], "1.2.4")]
     answer = Dataset.from_json(stored(["1.2.3"]).decode())
-    first, second = results_from_answer(batch, answer)
+    first, second = results_from_answer(batch, answer, 200)
     assert first.status == 0x0000
     assert second.problem is TransferProblem.SERVER_ERROR
-    assert second.outcome is DeliveryOutcome.RETRYABLE
+    assert second.detail == "the server's STOW-RS answer (HTTP 200) does not mention this instance"
+
+
+def test_an_answer_with_a_charset_is_still_read(
+    server: tuple[StowServer, str], files: list[Path], token: Path
+) -> None:
+    stow, url = server
+    failing = _uid(files[3])
+    stow.answer = lambda uids: (
+        202,
+        "Accepted",
+        "application/dicom+json; charset=utf-8",
+        stored(uids, {failing: 0xA700} if failing in uids else {}),
+    )
+    results = send_files(_destination(url, token), files, QUICK)
+    assert [r.status for r in results] == [0, 0, 0, 0xA700, 0]
 
 
 def test_a_closed_port_is_unreachable_and_retried(files: list[Path], token: Path) -> None:
