@@ -62,7 +62,11 @@ class WaitingJob:
 
 @dataclass(frozen=True, slots=True)
 class DestinationStatus:
-    """A configured destination and its delivery health; times in seconds since the epoch."""
+    """A configured destination and its delivery health; times in seconds since the epoch.
+
+    ``address`` is ``AE@host:port`` for a DIMSE destination (``type`` "dimse")
+    and the service URL, without credentials, for a DICOMweb one ("dicomweb").
+    """
 
     name: str
     address: str
@@ -74,6 +78,7 @@ class DestinationStatus:
     last_result: str | None = None
     last_success_at: float | None = None
     last_error: str | None = None
+    type: str = "dimse"
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,8 +302,8 @@ def _destinations(config: Config, outbox: Outbox) -> tuple[DestinationStatus, ..
         address = destination.address
         summary = known.get(destination.name)
         if summary is None:
-            listed.append(DestinationStatus(destination.name, address))
+            listed.append(DestinationStatus(destination.name, address, type=destination.type))
             continue
         health = {key: value for key, value in dataclasses.asdict(summary).items() if key != "name"}
-        listed.append(DestinationStatus(destination.name, address, **health))
+        listed.append(DestinationStatus(destination.name, address, type=destination.type, **health))
     return tuple(listed)

@@ -309,8 +309,9 @@ def test_the_node_delivers_over_stow_once_and_completes_after_orthanc_restarts_m
         status = node.cli("status", "--json")
         assert status.returncode == 0, status.stderr
         [shown] = json.loads(status.stdout)["destinations"]
-        assert (shown["name"], shown["address"], shown["delivered"], shown["dead"]) == (
+        assert (shown["name"], shown["type"], shown["address"], shown["delivered"], shown["dead"]) == (
             "orthanc",
+            "dicomweb",
             orthanc.url,
             1,
             0,
