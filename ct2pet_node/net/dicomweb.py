@@ -13,6 +13,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import requests
 from dicomweb_client.api import DICOMwebClient
@@ -34,8 +35,31 @@ class _BearerAuth(requests.auth.AuthBase):
         return request
 
 
+class _EndpointSession(requests.Session):
+    """A session whose own TLS verification is not overridden by the environment.
+
+    requests lets ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE`` take the place
+    of a session's ``verify``, so on a host that sets them an endpoint's
+    ``ca_certificates`` would be ignored and ``verify_tls = false`` too. With
+    neither set, the environment's bundle still stands in for the system's.
+    """
+
+    def merge_environment_settings(
+        self,
+        url: str,
+        proxies: Any,
+        stream: Any,
+        verify: Any,
+        cert: Any,
+    ) -> dict[str, Any]:
+        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if self.verify is not True:
+            settings["verify"] = self.verify
+        return settings
+
+
 def session_for(endpoint: DicomwebEndpoint) -> requests.Session:
-    session = requests.Session()
+    session = _EndpointSession()
     password = endpoint.password()
     token = endpoint.token()
     if endpoint.username and password is not None:

@@ -7,7 +7,10 @@ what was posted, with which credentials, and what its answer became.
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import json
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -16,6 +19,10 @@ from io import BytesIO
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
 from ctfactory import make_ct_series
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -57,6 +64,7 @@ class StowServer:
     answer: Callable[[list[str]], Answer] = lambda uids: (200, "OK", "application/dicom+json", stored(uids))
     requests: list[list[str]] = field(default_factory=list)
     authorizations: list[str] = field(default_factory=list)
+    tls: ssl.SSLContext | None = None
 
     def serve(self) -> Iterator[str]:
         owner = self
@@ -96,10 +104,13 @@ class StowServer:
                 pass
 
         server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if self.tls is not None:
+            server.socket = self.tls.wrap_socket(server.socket, server_side=True)
         thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
         thread.start()
         try:
-            yield f"http://127.0.0.1:{server.server_port}/dicom-web"
+            scheme = "https" if self.tls is not None else "http"
+            yield f"{scheme}://127.0.0.1:{server.server_port}/dicom-web"
         finally:
             server.shutdown()
             server.server_close()
@@ -312,3 +323,61 @@ def test_echo_is_a_qido_query_that_must_answer(server: tuple[StowServer, str], t
     assert answer.status == 200 and answer.url == url
     with pytest.raises(DeliveryError, match=r"echo failed: .* answered HTTP 401 Unauthorized: invalid token"):
         echo(DicomwebEndpoint(url=url), timeout=5)
+
+
+def _issue(folder: Path, name: str, issuer: tuple[x509.Name, rsa.RSAPrivateKey] | None) -> tuple[Path, Path]:
+    """A PEM certificate and key for 127.0.0.1, signed by ``issuer`` (None: a self-signed CA)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer[0] if issuer else subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
+    )
+    if issuer is not None:
+        san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+        builder = builder.add_extension(san, critical=False)
+    cert = builder.sign(issuer[1] if issuer else key, hashes.SHA256())
+    cert_path, key_path = folder / f"{name}.pem", folder / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+def test_tls_is_verified_by_default_and_a_client_certificate_is_shown(
+    tmp_path: Path, files: list[Path]
+) -> None:
+    ca_cert, ca_key = _issue(tmp_path, "ca", None)
+    ca = (
+        x509.load_pem_x509_certificate(ca_cert.read_bytes()).subject,
+        serialization.load_pem_private_key(ca_key.read_bytes(), None),
+    )
+    assert isinstance(ca[1], rsa.RSAPrivateKey)
+    server_cert, server_key = _issue(tmp_path, "server", (ca[0], ca[1]))
+    client_cert, client_key = _issue(tmp_path, "client", (ca[0], ca[1]))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(ca_cert))
+    context.load_cert_chain(server_cert, server_key)
+    context.verify_mode = ssl.CERT_REQUIRED  # mutual TLS: no client certificate, no connection
+    stow = StowServer(tls=context)
+    for url in stow.serve():
+        unknown_ca = DicomwebEndpoint(url=url)
+        results = send_files(Destination(name="tls", type="dicomweb", dicomweb=unknown_ca), files, QUICK)
+        assert {r.problem for r in results} == {TransferProblem.UNREACHABLE}
+        assert results[0].detail.startswith(f"TLS with {url} failed (")
+        assert "CERTIFICATE_VERIFY_FAILED" in results[0].detail
+        trusted = DicomwebEndpoint(
+            url=url, ca_certificates=ca_cert, client_certificate=client_cert, client_private_key=client_key
+        )
+        results = send_files(Destination(name="tls", type="dicomweb", dicomweb=trusted), files, QUICK)
+        assert {r.status for r in results} == {0x0000}
+        assert len(stow.requests) == 3  # the refused handshakes never reached HTTP
