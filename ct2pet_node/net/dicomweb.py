@@ -80,6 +80,7 @@ def client_for(
     timeout: float | tuple[float, float] = 20.0,
     chunk_bytes: int = 10**6,
     on_response: Callable[[requests.Response], None] | None = None,
+    session: requests.Session | None = None,
 ) -> DICOMwebClient:
     """A client for the endpoint's service root (STOW-RS, QIDO-RS and WADO-RS paths below it).
 
@@ -90,6 +91,9 @@ def client_for(
         A request body larger than this is sent with chunked transfer encoding.
     on_response : callable, optional
         Shown every HTTP response as it arrives.
+    session : requests.Session, optional
+        From :func:`session_for`, for a caller that closes it when done
+        (dicomweb-client never closes its session); None makes one.
     """
 
     def hook(response: requests.Response, *_: object, **__: object) -> None:
@@ -98,7 +102,7 @@ def client_for(
 
     client = DICOMwebClient(
         url=endpoint.url,
-        session=session_for(endpoint),
+        session=session or session_for(endpoint),
         timeout=timeout,
         chunk_size=chunk_bytes,
         callback=hook if on_response is not None else None,
@@ -177,10 +181,13 @@ def echo(endpoint: DicomwebEndpoint, timeout: float | tuple[float, float] = 20.0
         names the service (without credentials) and the server's reason.
     """
     answered: list[int] = []
-    client = client_for(endpoint, timeout, on_response=lambda response: answered.append(response.status_code))
     started = time.monotonic()
     try:
-        client.search_for_studies(limit=1, fields=["StudyInstanceUID"])
+        with session_for(endpoint) as session:
+            client = client_for(
+                endpoint, timeout, on_response=lambda r: answered.append(r.status_code), session=session
+            )
+            client.search_for_studies(limit=1, fields=["StudyInstanceUID"])
     except requests.RequestException as error:
         if isinstance(error, requests.HTTPError) and error.response is not None:
             reason = http_reason(error.response, endpoint)

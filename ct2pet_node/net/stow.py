@@ -32,7 +32,7 @@ from pydicom.errors import InvalidDicomError
 
 from ct2pet_node.config import Destination, DicomwebEndpoint
 from ct2pet_node.errors import DeliveryError
-from ct2pet_node.net.dicomweb import broke_off, client_for, http_reason, transport_reason
+from ct2pet_node.net.dicomweb import broke_off, client_for, http_reason, session_for, transport_reason
 from ct2pet_node.routing.delivery import InstanceResult, TransferProblem, http_problem
 
 log = structlog.get_logger(__name__)
@@ -239,33 +239,35 @@ def send_files(
         raise DeliveryError(f"destination {destination.name} is not a DICOMweb destination")
     paths = [Path(p) for p in paths]
     answered: list[requests.Response] = []
-    client = client_for(
-        endpoint,
-        (limits.connect_seconds, limits.answer_seconds),
-        # One Content-Length body per request: some proxies refuse chunked uploads.
-        chunk_bytes=limits.batch_bytes + _BODY_OVERHEAD_BYTES,
-        on_response=answered.append,
-    )
     done: dict[Path, InstanceResult] = {}
     problem: TransferProblem | None = None
     detail = ""
     started = time.monotonic()
-    for indices in batches(_sizes(paths), limits):
-        batch_paths = [paths[i] for i in indices]
-        if problem is None and cancel is not None and cancel.is_set():
-            problem, detail = TransferProblem.CANCELLED, "the sender is stopping"
-        if problem is not None:
-            results = [InstanceResult(p, None, None, problem, f"not sent: {detail}") for p in batch_paths]
-        else:
-            instances, results = _read(batch_paths)
-            if instances:
-                posted = _post(client, answered, endpoint, instances)
-                problem, detail = _whole_request_failed(posted)
-                results += posted
-        for result in results:
-            done[result.path] = result
-            if on_result is not None:
-                on_result(result)
+    with session_for(endpoint) as session:
+        client = client_for(
+            endpoint,
+            (limits.connect_seconds, limits.answer_seconds),
+            # One Content-Length body per request: some proxies refuse chunked uploads.
+            chunk_bytes=limits.batch_bytes + _BODY_OVERHEAD_BYTES,
+            on_response=answered.append,
+            session=session,
+        )
+        for indices in batches(_sizes(paths), limits):
+            batch_paths = [paths[i] for i in indices]
+            if problem is None and cancel is not None and cancel.is_set():
+                problem, detail = TransferProblem.CANCELLED, "the sender is stopping"
+            if problem is not None:
+                results = [InstanceResult(p, None, None, problem, f"not sent: {detail}") for p in batch_paths]
+            else:
+                instances, results = _read(batch_paths)
+                if instances:
+                    posted = _post(client, answered, endpoint, instances)
+                    problem, detail = _whole_request_failed(posted)
+                    results += posted
+            for result in results:
+                done[result.path] = result
+                if on_result is not None:
+                    on_result(result)
     acknowledged = sum(1 for r in done.values() if r.outcome.acknowledged)
     log.info(
         "batch_sent",
