@@ -193,6 +193,10 @@ def echo(endpoint: DicomwebEndpoint, timeout: float | tuple[float, float] = 20.0
             reason = http_reason(error.response, endpoint)
             raise DeliveryError(f"echo failed: {endpoint.public_url} answered {reason}") from None
         raise DeliveryError(f"echo failed: {transport_reason(error, endpoint)}") from None
+    except OSError as error:  # the secret's file, read as the session is made
+        raise DeliveryError(
+            f"echo failed: cannot read the credentials for {endpoint.public_url}: {error}"
+        ) from None
     except ValueError as error:  # a 2xx whose body is not DICOM JSON: not a DICOMweb service there
         raise DeliveryError(
             f"echo failed: {endpoint.public_url} answered, but not as a QIDO-RS service ({error}); "

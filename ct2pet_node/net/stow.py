@@ -243,7 +243,13 @@ def send_files(
     problem: TransferProblem | None = None
     detail = ""
     started = time.monotonic()
-    with session_for(endpoint) as session:
+    try:
+        session = session_for(endpoint)
+    except OSError as error:
+        # The secret's file went missing or unreadable since start: retrying will not bring it back.
+        detail = f"cannot read the credentials of {destination.name}: {error}"
+        return [InstanceResult(p, None, None, TransferProblem.UNREADABLE, detail) for p in paths]
+    with session:
         client = client_for(
             endpoint,
             (limits.connect_seconds, limits.answer_seconds),

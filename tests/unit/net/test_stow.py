@@ -299,6 +299,21 @@ def test_a_server_that_hangs_up_mid_request_is_retried(
     assert decide_attempt(results, 0, now=100.0).state is EntryState.PENDING
 
 
+def test_a_secret_file_gone_since_start_is_a_dead_letter_that_names_it(
+    server: tuple[StowServer, str], files: list[Path], tmp_path: Path
+) -> None:
+    stow, url = server
+    gone = tmp_path / "gone.token"
+    results = send_files(_destination(url, gone), files, QUICK)
+    assert stow.requests == []
+    assert {r.problem for r in results} == {TransferProblem.UNREADABLE}
+    assert results[0].detail.startswith("cannot read the credentials of cloud: [Errno 2] No such file")
+    assert str(gone) in results[0].detail
+    assert decide_attempt(results, 0, now=100.0).state is EntryState.DEAD
+    with pytest.raises(DeliveryError, match="echo failed: cannot read the credentials for"):
+        echo(DicomwebEndpoint(url=url, token_file=gone), timeout=5)
+
+
 def test_a_stopping_sender_sends_nothing_more(
     server: tuple[StowServer, str], files: list[Path], token: Path
 ) -> None:
