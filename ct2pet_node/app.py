@@ -17,7 +17,6 @@ from ct2pet_node.domain.cluster import ClusterView
 from ct2pet_node.domain.records import AssociationReleased, InstanceRecord
 from ct2pet_node.errors import EngineError, WeightsError
 from ct2pet_node.routing.delivery import RetrySchedule
-from ct2pet_node.service.fetch import Fetcher
 from ct2pet_node.service.metrics import NodeMetrics
 from ct2pet_node.service.progress import ProgressBoard
 from ct2pet_node.service.queue import InProcessQueue
@@ -38,10 +37,11 @@ from ct2pet_node.web.pages import NodeFacts
 from ct2pet_node.web.server import AdminServer, StowServer
 from ct2pet_node.web.stow import StowSources
 
-if TYPE_CHECKING:  # the sender pulls in pynetdicom; `convert` uses this module without it
+if TYPE_CHECKING:  # the sender pulls in pynetdicom and requests; `convert` uses this module without them
     from ct2pet_node.net.intake import Outcome
     from ct2pet_node.net.scp import StorageScp
     from ct2pet_node.net.scu import ScuTimeouts
+    from ct2pet_node.net.stow import StowLimits
 
 
 def run(config: Config) -> None:
@@ -68,7 +68,7 @@ def _components(
     config: Config, translator: Translator | None, metrics: NodeMetrics, store: JobStore, outbox: Outbox
 ) -> Components:
     from ct2pet_node.service.listener import CountingStorageScp
-    from ct2pet_node.service.sender import Sender, counting_sender, scu_sender
+    from ct2pet_node.service.sender import Sender, counting_sender, peer_sender, scu_sender, stow_sender
     from ct2pet_node.spool.instances import InstanceSpool
 
     translator = translator or load_translator(config)
@@ -79,7 +79,15 @@ def _components(
         outbox,
         config.destinations,
         config.node.ae_title,
-        send=counting_sender(scu_sender(scu_timeouts(config), progress), metrics),
+        send=counting_sender(
+            peer_sender(
+                {
+                    "dimse": scu_sender(scu_timeouts(config), progress),
+                    "dicomweb": stow_sender(stow_limits(config), progress),
+                }
+            ),
+            metrics,
+        ),
         schedule=RetrySchedule(config.delivery.retry_delays_seconds, config.delivery.max_attempts),
         on_job_delivered=lambda job_id: settle_delivery(store, job_id, None),
         on_job_dead=lambda job_id, reason: settle_delivery(store, job_id, reason),
@@ -154,6 +162,7 @@ def admin_server(
     on_released: Callable[[AssociationReleased], None],
 ) -> AdminServer:
     """The admin endpoint on ``[admin] listen``, its socket bound."""
+    from ct2pet_node.service.fetch import Fetcher
 
     def status() -> StatusReport:
         return build_status(sources, time.time())
@@ -270,4 +279,18 @@ def scu_timeouts(config: Config) -> ScuTimeouts:
         acse_seconds=delivery.acse_timeout_seconds or network,
         dimse_seconds=delivery.dimse_timeout_seconds or network,
         network_seconds=max(network, delivery.dimse_timeout_seconds or 0.0),
+    )
+
+
+def stow_limits(config: Config) -> StowLimits:
+    """STOW-RS batches from ``[delivery]``; its connect and C-STORE response timeouts serve HTTP too."""
+    from ct2pet_node.net.stow import StowLimits
+
+    network = config.node.network_timeout_seconds
+    delivery = config.delivery
+    return StowLimits(
+        batch_instances=delivery.stow_batch_instances,
+        batch_bytes=delivery.stow_batch_mb * 1024 * 1024,
+        connect_seconds=delivery.connect_timeout_seconds or network,
+        answer_seconds=delivery.dimse_timeout_seconds or network,
     )

@@ -46,7 +46,7 @@ def config_check(config_path: Path | None, verify: bool) -> None:
     click.echo(f"  engine        {_engine_summary(config)}")
     click.echo(f"  output        {', '.join(config.output.series)}")
     click.echo(f"  tls           {'on' if config.security.tls_enabled else 'off'}")
-    names = ", ".join(f"{d.name} ({d.ae_title}@{d.host}:{d.port})" for d in config.destinations)
+    names = ", ".join(f"{d.name} ({d.address})" for d in config.destinations)
     click.echo(f"  destinations  {names or 'none: results stay in data_dir'}")
 
 

@@ -43,17 +43,25 @@ def status(config_path: Path | None, as_json: bool) -> None:
 @config_option
 @click.argument("destination")
 def echo(config_path: Path | None, destination: str) -> None:
-    """C-ECHO a configured destination by name."""
-    from ct2pet_node.net.scu import ScuTimeouts
-    from ct2pet_node.net.scu import echo as c_echo
-
+    """C-ECHO a configured destination by name; a DICOMweb one answers a QIDO-RS query instead."""
     config = load_or_exit(config_path)
+    timeout = config.node.network_timeout_seconds
     with errors_to_exit():
         target = config.destination(destination)
-        result = c_echo(
-            target, config.node.ae_title, ScuTimeouts.uniform(config.node.network_timeout_seconds)
-        )
+        if target.dicomweb is not None:
+            from ct2pet_node.net.dicomweb import echo as qido_echo
+
+            answer = qido_echo(target.dicomweb, timeout)
+            click.echo(
+                f"{target.name} ({target.address}): QIDO-RS success, "
+                f"HTTP {answer.status} in {answer.seconds * 1000:.0f} ms"
+            )
+            return
+        from ct2pet_node.net.scu import ScuTimeouts
+        from ct2pet_node.net.scu import echo as c_echo
+
+        result = c_echo(target, config.node.ae_title, ScuTimeouts.uniform(timeout))
     click.echo(
-        f"{target.name} ({target.ae_title}@{target.host}:{target.port}): C-ECHO success, "
+        f"{target.name} ({target.address}): C-ECHO success, "
         f"association {result.associate_seconds * 1000:.0f} ms, echo {result.echo_seconds * 1000:.0f} ms"
     )

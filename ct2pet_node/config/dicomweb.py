@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from ct2pet_node.config.checks import Checker, is_host, is_loopback, is_port
 
@@ -64,6 +65,16 @@ class DicomwebEndpoint:
 
     def password(self) -> str | None:
         return _secret(self.password_file, self.password_env)
+
+    @property
+    def public_url(self) -> str:
+        """The URL as logs and ``status`` may show it: no user:password@, no query (it may hold a key)."""
+        parts = urlsplit(self.url)
+        host = parts.hostname or ""
+        if ":" in host:  # an IPv6 literal keeps its brackets
+            host = f"[{host}]"
+        port = f":{parts.port}" if parts.port is not None else ""
+        return urlunsplit((parts.scheme, host + port, parts.path, "", ""))
 
     def token(self) -> str | None:
         return _secret(self.token_file, self.token_env)

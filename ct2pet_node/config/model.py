@@ -164,6 +164,13 @@ class Destination:
     type: str = "dimse"
     dicomweb: DicomwebEndpoint | None = None
 
+    @property
+    def address(self) -> str:
+        """Where it is, for people: ``AE@host:port``, or the service URL without credentials."""
+        if self.dicomweb is not None:
+            return self.dicomweb.public_url
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
 
 @dataclass(frozen=True, slots=True)
 class Source:
@@ -203,7 +210,12 @@ class DeliveryConfig:
         Attempts before a delivery is dead-lettered (``jobs retry`` replays it).
     connect_timeout_seconds, acse_timeout_seconds, dimse_timeout_seconds : float or None
         Seconds to wait for the TCP connection, the association answer and a
-        C-STORE response; None takes ``[node] network_timeout_seconds``.
+        C-STORE response; None takes ``[node] network_timeout_seconds``. For a
+        DICOMweb destination, the connection and the answer to each STOW-RS
+        request (``dimse_timeout_seconds``).
+    stow_batch_instances, stow_batch_mb : int
+        A STOW-RS request to a DICOMweb destination carries at most this many
+        instances and, unless one instance is larger, this many MiB.
     """
 
     retry_delays_seconds: tuple[float, ...] = DEFAULT_RETRY_DELAYS_SECONDS
@@ -211,6 +223,8 @@ class DeliveryConfig:
     connect_timeout_seconds: float | None = None
     acse_timeout_seconds: float | None = None
     dimse_timeout_seconds: float | None = None
+    stow_batch_instances: int = 50
+    stow_batch_mb: int = 64
 
 
 @dataclass(frozen=True, slots=True)

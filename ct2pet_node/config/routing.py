@@ -60,8 +60,16 @@ def parse_delivery(check: Checker) -> DeliveryConfig:
             else None
         )
         timeouts[key] = None if value is None else float(value)
+    defaults = DeliveryConfig()
+    batch = {
+        key: check.get("[delivery]", table, key, int, lambda v: v >= 1, "a count, 1 or more")
+        for key in ("stow_batch_instances", "stow_batch_mb")
+        if key in table
+    }
     return DeliveryConfig(
         retry_delays_seconds=tuple(clean) or DEFAULT_RETRY_DELAYS_SECONDS,
         max_attempts=attempts or DEFAULT_MAX_ATTEMPTS,
         **timeouts,
+        stow_batch_instances=batch.get("stow_batch_instances") or defaults.stow_batch_instances,
+        stow_batch_mb=batch.get("stow_batch_mb") or defaults.stow_batch_mb,
     )

@@ -26,11 +26,19 @@ anything else             retryable   unknown: retries are bounded, so erring to
 ========================  ==========  =====================================================
 
 Problems without a status (:class:`TransferProblem`): an unreachable peer, a
-rejected or aborted association and timeouts are retryable; a SOP class or
-transfer syntax the peer accepted no presentation context for, and a file we
-cannot read, are permanent (the operator fixes the PACS or the file and runs
+rejected or aborted association, timeouts and a DICOMweb server's own failure
+(HTTP 5xx) are retryable; a SOP class or transfer syntax the peer accepted no
+presentation context for, a file we cannot read, and a DICOMweb request the
+server refused (HTTP 4xx: wrong credentials, forbidden, malformed) are
+permanent (the operator fixes the PACS, the credentials or the file and runs
 ``ct2pet-node jobs retry ID``). A cancelled instance (the sender is stopping)
 is neither: the attempt does not count.
+
+HTTP statuses of a STOW-RS request (PS3.18 10.5.3) map onto the same
+outcomes (:func:`http_problem`): a 2xx answer is judged per instance from
+its ReferencedSOPSequence and FailedSOPSequence, whose FailureReason and
+WarningReason are the C-STORE status codes above; 408 and 429 are a timeout
+and a busy server, retryable, as is every 5xx; any other 4xx is permanent.
 
 Retry schedule
 --------------
@@ -65,7 +73,7 @@ class DeliveryOutcome(Enum):
 
 
 class TransferProblem(Enum):
-    """Why an instance got no DIMSE status."""
+    """Why an instance got no status of its own (C-STORE response, or STOW-RS FailureReason)."""
 
     UNREACHABLE = "unreachable"  # connection refused, no route, connect timeout
     REJECTED = "rejected"  # the peer rejected the association
@@ -74,12 +82,17 @@ class TransferProblem(Enum):
     NO_CONTEXT = "no_context"  # the peer accepted no presentation context for this instance
     UNREADABLE = "unreadable"  # our file is missing or not DICOM
     CANCELLED = "cancelled"  # the sender stopped before sending it
+    SERVER_ERROR = "server_error"  # a DICOMweb server failed or was busy (HTTP 5xx, 429)
+    REFUSED = "refused"  # a DICOMweb server refused the request as such (HTTP 4xx)
 
 
 _WARNING_CODES = frozenset({0x0001, 0x0111})
 _RETRYABLE_CODES = frozenset({0x0110, 0x0210, 0x0213, 0xFE00})
 _PERMANENT_CODES = frozenset({0x0117, 0x0122, 0x0124, 0x0211, 0x0212})
-_PERMANENT_PROBLEMS = frozenset({TransferProblem.NO_CONTEXT, TransferProblem.UNREADABLE})
+_PERMANENT_PROBLEMS = frozenset(
+    {TransferProblem.NO_CONTEXT, TransferProblem.UNREADABLE, TransferProblem.REFUSED}
+)
+_HTTP_REQUEST_TIMEOUT, _HTTP_TOO_MANY_REQUESTS = 408, 429
 
 
 def classify_status(code: int) -> DeliveryOutcome:
@@ -101,6 +114,24 @@ def classify_problem(problem: TransferProblem) -> DeliveryOutcome:
     if problem in _PERMANENT_PROBLEMS:
         return DeliveryOutcome.PERMANENT
     return DeliveryOutcome.RETRYABLE
+
+
+def http_problem(code: int) -> TransferProblem | None:
+    """Why a STOW-RS request with HTTP status ``code`` stored nothing; None for a 2xx (judge its body).
+
+    Credentials, permissions and a malformed request stay wrong however often
+    they are retried; a server that failed or was busy may do better later.
+    """
+    if 200 <= code < 300:
+        return None
+    if code == _HTTP_REQUEST_TIMEOUT:
+        return TransferProblem.TIMEOUT
+    if code == _HTTP_TOO_MANY_REQUESTS or code >= 500:
+        return TransferProblem.SERVER_ERROR
+    if 400 <= code < 500:
+        return TransferProblem.REFUSED
+    # 1xx and 3xx: requests follows redirects, so one here is a server that misbehaves.
+    return TransferProblem.SERVER_ERROR
 
 
 @dataclass(frozen=True, slots=True)

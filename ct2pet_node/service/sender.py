@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
 import structlog
 
 from ct2pet_node.config import Destination
-from ct2pet_node.errors import Ct2PetError
-from ct2pet_node.net import scu
+from ct2pet_node.errors import Ct2PetError, DeliveryError
+from ct2pet_node.net import scu, stow
 from ct2pet_node.routing.delivery import (
     DEFAULT_SCHEDULE,
     AttemptDecision,
@@ -40,7 +40,8 @@ log = structlog.get_logger(__name__)
 
 
 class SendFunction(Protocol):
-    """Sends files over one association; :func:`ct2pet_node.net.scu.send_files` is the real one."""
+    """Sends files to one destination: over one association (:func:`ct2pet_node.net.scu.send_files`) or
+    in STOW-RS batches (:func:`ct2pet_node.net.stow.send_files`)."""
 
     def __call__(
         self, destination: Destination, calling_ae: str, paths: Sequence[Path], cancel: threading.Event
@@ -62,6 +63,46 @@ def scu_sender(timeouts: scu.ScuTimeouts, progress: ProgressBoard | None = None)
         )
 
     return send
+
+
+def stow_sender(limits: stow.StowLimits, progress: ProgressBoard | None = None) -> SendFunction:
+    """STOW-RS to a DICOMweb destination in batches within ``limits``; acknowledged instances go to ``progress``."""
+
+    def sent(result: InstanceResult) -> None:
+        if progress is not None and result.outcome.acknowledged:
+            progress.instance_sent()
+
+    def send(
+        destination: Destination, calling_ae: str, paths: Sequence[Path], cancel: threading.Event
+    ) -> list[InstanceResult]:
+        # An HTTP request names no calling AE title: the endpoint's credentials say who we are.
+        return stow.send_files(destination, paths, limits, cancel=cancel, on_result=sent)
+
+    return send
+
+
+def peer_sender(by_type: Mapping[str, SendFunction]) -> SendFunction:
+    """The one place a destination's ``type`` ("dimse", "dicomweb") picks how it is sent to."""
+
+    def send(
+        destination: Destination, calling_ae: str, paths: Sequence[Path], cancel: threading.Event
+    ) -> list[InstanceResult]:
+        chosen = by_type.get(destination.type)
+        if chosen is None:
+            raise DeliveryError(f"destination {destination.name}: no sender for type {destination.type!r}")
+        return chosen(destination, calling_ae, paths, cancel)
+
+    return send
+
+
+def default_sender(progress: ProgressBoard | None = None) -> SendFunction:
+    """DIMSE and DICOMweb destinations, with default timeouts and batches."""
+    return peer_sender(
+        {
+            "dimse": scu_sender(scu.ScuTimeouts(), progress),
+            "dicomweb": stow_sender(stow.StowLimits(), progress),
+        }
+    )
 
 
 def counting_sender(send: SendFunction, metrics: NodeMetrics) -> SendFunction:
@@ -95,7 +136,7 @@ class Sender:
     calling_ae : str
         Our AE title.
     send : SendFunction, optional
-        Defaults to the pynetdicom storage SCU with default timeouts.
+        Defaults to :func:`default_sender`: the storage SCU or STOW-RS, as each destination's type says.
     schedule : RetrySchedule
     on_job_delivered : callable(job_id), optional
         Called once every destination of a job has acknowledged every file.
@@ -126,7 +167,7 @@ class Sender:
         self.progress = progress or ProgressBoard()
         self.destinations = {d.name: d for d in destinations}
         self.calling_ae = calling_ae
-        self._send = send or scu_sender(scu.ScuTimeouts())
+        self._send = send or default_sender(self.progress)
         self.schedule = schedule
         self._on_delivered = on_job_delivered
         self._on_dead = on_job_dead

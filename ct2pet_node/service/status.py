@@ -63,7 +63,11 @@ class WaitingJob:
 
 @dataclass(frozen=True, slots=True)
 class DestinationStatus:
-    """A configured destination and its delivery health; times in seconds since the epoch."""
+    """A configured destination and its delivery health; times in seconds since the epoch.
+
+    ``address`` is ``AE@host:port`` for a DIMSE destination (``type`` "dimse")
+    and the service URL, without credentials, for a DICOMweb one ("dicomweb").
+    """
 
     name: str
     address: str
@@ -75,6 +79,7 @@ class DestinationStatus:
     last_result: str | None = None
     last_success_at: float | None = None
     last_error: str | None = None
+    type: str = "dimse"
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,11 +312,11 @@ def _destinations(config: Config, outbox: Outbox) -> tuple[DestinationStatus, ..
     known = {summary.name: summary for summary in outbox.summary()}
     listed = []
     for destination in config.destinations:
-        address = f"{destination.ae_title}@{destination.host}:{destination.port}"
+        address = destination.address
         summary = known.get(destination.name)
         if summary is None:
-            listed.append(DestinationStatus(destination.name, address))
+            listed.append(DestinationStatus(destination.name, address, type=destination.type))
             continue
         health = {key: value for key, value in dataclasses.asdict(summary).items() if key != "name"}
-        listed.append(DestinationStatus(destination.name, address, **health))
+        listed.append(DestinationStatus(destination.name, address, type=destination.type, **health))
     return tuple(listed)

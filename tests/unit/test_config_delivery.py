@@ -61,3 +61,22 @@ def test_every_bad_delivery_key_is_reported(tmp_path: Path) -> None:
     assert len(caught.value.problems) == 5
     with pytest.raises(ConfigError, match=r"\[delivery\] retry_delays_seconds"):
         load_config(write(tmp_path, "[delivery]\nretry_delays_seconds = []\n"))
+
+
+def test_stow_batches_are_read_and_wired_with_the_http_timeouts(tmp_path: Path) -> None:
+    from ct2pet_node.app import stow_limits
+
+    default = stow_limits(load_config())
+    assert (default.batch_instances, default.batch_bytes) == (50, 64 * 1024 * 1024)
+    config = load_config(
+        write(
+            tmp_path,
+            "[node]\nnetwork_timeout_seconds = 4\n"
+            "[delivery]\nstow_batch_instances = 5\nstow_batch_mb = 2\nconnect_timeout_seconds = 1\n",
+        )
+    )
+    limits = stow_limits(config)
+    assert (limits.batch_instances, limits.batch_bytes) == (5, 2 * 1024 * 1024)
+    assert (limits.connect_seconds, limits.answer_seconds) == (1.0, 4.0)
+    with pytest.raises(ConfigError, match=r"\[delivery\] stow_batch_instances: 0 is not allowed"):
+        load_config(write(tmp_path, "[delivery]\nstow_batch_instances = 0\n"))

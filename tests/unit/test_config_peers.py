@@ -99,3 +99,14 @@ def test_the_stow_receiver_is_off_by_default_and_refused_beyond_loopback_without
     token.write_text("t\n")
     open_one = load_config(write(tmp_path, f'[dicomweb]\nlisten = "0.0.0.0:8042"\ntoken_file = "{token}"\n'))
     assert open_one.dicomweb.token() == "t"
+
+
+def test_a_destination_shows_its_address_without_credentials() -> None:
+    from ct2pet_node.config import Destination, DicomwebEndpoint
+
+    dimse = Destination(name="pacs", ae_title="PACS", host="10.0.0.5", port=104)
+    assert dimse.address == "PACS@10.0.0.5:104"
+    endpoint = DicomwebEndpoint(url="https://user:pw@pacs.example:8443/dicom-web?key=abc")
+    assert Destination(name="cloud", type="dicomweb", dicomweb=endpoint).address == (
+        "https://pacs.example:8443/dicom-web"
+    )

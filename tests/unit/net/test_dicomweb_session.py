@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import requests
 
 from ct2pet_node.config import DicomwebEndpoint
@@ -43,3 +44,21 @@ def test_basic_authentication_a_private_ca_and_a_client_certificate(tmp_path: Pa
 def test_no_secret_no_header() -> None:
     session = session_for(DicomwebEndpoint(url="http://127.0.0.1:8042/dicom-web"))
     assert "Authorization" not in prepared(session).headers
+
+
+def test_the_endpoints_tls_settings_win_over_a_ca_bundle_in_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bundle, ca = tmp_path / "host-bundle.pem", tmp_path / "private-ca.pem"
+    bundle.write_text("")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    monkeypatch.setenv("CURL_CA_BUNDLE", str(bundle))
+    url = "https://pacs.example/dicom-web/studies"
+
+    def verify(endpoint: DicomwebEndpoint) -> object:
+        session = session_for(endpoint)
+        return session.merge_environment_settings(url, {}, None, None, None)["verify"]
+
+    assert verify(DicomwebEndpoint(url=url, ca_certificates=ca)) == str(ca)
+    assert verify(DicomwebEndpoint(url=url, verify_tls=False)) is False
+    assert verify(DicomwebEndpoint(url=url)) == str(bundle)  # the host's own trust, when none is configured

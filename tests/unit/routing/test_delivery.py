@@ -20,6 +20,7 @@ from ct2pet_node.routing.delivery import (
     classify_problem,
     classify_status,
     decide_attempt,
+    http_problem,
     next_attempt_at,
 )
 
@@ -170,3 +171,38 @@ def test_cancelled_attempt_does_not_count() -> None:
 def test_default_schedule_is_the_documented_one() -> None:
     assert DEFAULT_SCHEDULE.delays_seconds[:5] == (10, 30, 60, 120, 300)
     assert DEFAULT_SCHEDULE.max_attempts == MAX_ATTEMPTS
+
+
+@pytest.mark.parametrize(
+    ("code", "problem", "outcome"),
+    [
+        (200, None, None),
+        (202, None, None),
+        (400, TransferProblem.REFUSED, P),
+        (401, TransferProblem.REFUSED, P),
+        (403, TransferProblem.REFUSED, P),
+        (409, TransferProblem.REFUSED, P),
+        (413, TransferProblem.REFUSED, P),
+        (408, TransferProblem.TIMEOUT, R),
+        (429, TransferProblem.SERVER_ERROR, R),
+        (500, TransferProblem.SERVER_ERROR, R),
+        (503, TransferProblem.SERVER_ERROR, R),
+        (504, TransferProblem.SERVER_ERROR, R),
+        (302, TransferProblem.SERVER_ERROR, R),
+    ],
+)
+def test_http_statuses_map_to_the_dimse_outcomes(
+    code: int, problem: TransferProblem | None, outcome: DeliveryOutcome | None
+) -> None:
+    assert http_problem(code) is problem
+    if problem is not None:
+        assert classify_problem(problem) is outcome
+
+
+def test_a_refused_request_is_dead_at_once_with_its_reason() -> None:
+    refused = InstanceResult(Path("a.dcm"), "1.2.3", None, TransferProblem.REFUSED, "HTTP 401 Unauthorized")
+    decision = decide_attempt([refused], 0, now=50.0)
+    assert decision.state is EntryState.DEAD
+    assert decision.error == "refused, will not retry: 1.2.3: refused (HTTP 401 Unauthorized)"
+    busy = InstanceResult(Path("a.dcm"), "1.2.3", None, TransferProblem.SERVER_ERROR, "HTTP 503")
+    assert decide_attempt([busy], 0, now=50.0).state is EntryState.PENDING

@@ -16,7 +16,7 @@ import pytest
 from ct2pet_node.config import Destination
 from ct2pet_node.routing.delivery import EntryState, InstanceResult, RetrySchedule, TransferProblem
 from ct2pet_node.service.metrics import NodeMetrics
-from ct2pet_node.service.sender import Sender, counting_sender
+from ct2pet_node.service.sender import Sender, counting_sender, peer_sender
 from ct2pet_node.spool.outbox import Outbox
 
 PACS = Destination(name="pacs", ae_title="PACS", host="127.0.0.1", port=4242)
@@ -288,3 +288,18 @@ def test_the_counting_sender_counts_delivered_instances_and_failed_attempts(tmp_
     assert metrics.sample("ct2pet_instances_sent_total", destination="pacs") == 3
     # A cancelled batch is not a failure.
     assert metrics.sample("ct2pet_send_failures_total", destination="pacs") == 1
+
+
+def test_the_destination_type_picks_the_send_function(files: list[Path]) -> None:
+    from ct2pet_node.config import DicomwebEndpoint
+    from ct2pet_node.errors import DeliveryError
+
+    dimse, dicomweb = ScriptedSend(stored), ScriptedSend(stored)
+    send = peer_sender({"dimse": dimse, "dicomweb": dicomweb})
+    cloud = Destination(name="cloud", type="dicomweb", dicomweb=DicomwebEndpoint(url="http://127.0.0.1:1/dw"))
+    send(PACS, "CT2PET", files[:1], threading.Event())
+    send(cloud, "CT2PET", files, threading.Event())
+    assert dimse.calls == [("pacs", [files[0].name])]
+    assert dicomweb.calls == [("cloud", [f.name for f in files])]
+    with pytest.raises(DeliveryError, match="no sender for type 'dicomweb'"):
+        peer_sender({"dimse": dimse})(cloud, "CT2PET", files, threading.Event())

@@ -12,7 +12,7 @@ import pytest
 from fakes import FakeModel
 from jobpaths import move_to
 
-from ct2pet_node.config import Config, Destination, load_config
+from ct2pet_node.config import Config, Destination, DicomwebEndpoint, load_config
 from ct2pet_node.domain.cluster import ActorActivity, ClusterSnapshot
 from ct2pet_node.domain.jobs import JobState
 from ct2pet_node.domain.records import InstanceRecord
@@ -28,7 +28,10 @@ from ct2pet_node.spool.outbox import Outbox
 
 NOW = 1_800_000_000.0
 PACS = Destination("pacs", "PACS", "10.0.0.5", 104)
-ARCHIVE = Destination("archive", "ARCH", "10.0.0.6", 104)
+# A DICOMweb destination is reported like a DIMSE one, by its URL without the credentials in it.
+ARCHIVE = Destination(
+    "archive", type="dicomweb", dicomweb=DicomwebEndpoint(url="https://user:pw@archive.example/dicom-web")
+)
 
 
 class Translator(FakeModel):
@@ -90,6 +93,11 @@ def test_the_report_reads_jobs_deliveries_and_errors(sources: StatusSources) -> 
     pacs, archive = report.destinations
     assert (pacs.name, pacs.address, pacs.dead) == ("pacs", "PACS@10.0.0.5:104", 1)
     assert (archive.name, archive.dead, archive.last_result) == ("archive", 0, None)
+    assert (pacs.type, archive.type, archive.address) == (
+        "dimse",
+        "dicomweb",
+        "https://archive.example/dicom-web",
+    )
     assert [(d.job_id, d.destination, d.last_error) for d in report.dead_letters] == [
         (failed, "pacs", "refused")
     ]
