@@ -26,7 +26,8 @@ from ct2pet_node.service.retry import retry_job
 from ct2pet_node.service.router import Router
 from ct2pet_node.service.server import Components, Server
 from ct2pet_node.service.status import StatusReport, StatusSources, build_status
-from ct2pet_node.service.worker import EngineWorker, Translator
+from ct2pet_node.service.translator import Translator
+from ct2pet_node.service.worker import EngineWorker
 from ct2pet_node.spool.atomic import ensure_private_dir, free_bytes
 from ct2pet_node.spool.jobstore import JobStore
 from ct2pet_node.spool.outbox import Outbox

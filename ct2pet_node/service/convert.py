@@ -19,7 +19,7 @@ from ct2pet_node.dicom.volume import build_ct_volume, scan_folder
 from ct2pet_node.errors import EngineError, InputError, SeriesRefused
 from ct2pet_node.routing.qualify import qualify_series
 from ct2pet_node.service.synthesis import Sampling, WrittenSeries, map_to_model, write_outputs
-from ct2pet_node.service.worker import Translator
+from ct2pet_node.service.translator import Translator
 
 log = structlog.get_logger(__name__)
 

@@ -18,11 +18,12 @@ from ct2pet_node.domain.jobs import Job, JobState
 from ct2pet_node.domain.records import InstanceRecord
 from ct2pet_node.domain.uids import AeTitle, SeriesUid, SopInstanceUid, StudyUid, Uid
 from ct2pet_node.routing.delivery import InstanceResult
+from ct2pet_node.service.checkpoints import checkpointed_slices
 from ct2pet_node.service.metrics import NodeMetrics
 from ct2pet_node.service.progress import JobProgress, ProgressBoard, iso_utc, job_progress
 from ct2pet_node.service.queue import InProcessQueue
 from ct2pet_node.service.sender import Sender
-from ct2pet_node.service.worker import EngineWorker, checkpointed_slices
+from ct2pet_node.service.worker import EngineWorker
 from ct2pet_node.spool.jobstore import JobStore
 from ct2pet_node.spool.outbox import Outbox
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT
 
-from ct2pet_node.engine.pipeline import Pipeline, load_pipeline
+from ct2pet_node.engine import Pipeline, load_pipeline
 from ct2pet_node.errors import InputError
 from ct2pet_node.training.evaluate import (
     METRIC_DEFINITIONS,

@@ -1,0 +1,40 @@
+"""What the service needs of a translation engine, and nothing of torch or Ray.
+
+The local :class:`~ct2pet_node.engine.pipeline.Pipeline` and the cluster's
+:class:`~ct2pet_node.cluster.translator.RayTranslator` both satisfy it; the
+composition root picks one, and the worker and the folder conversion take
+whichever they are given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+
+from ct2pet_node.domain.model_grid import ModelFrame
+
+
+class Translator(Protocol):
+    """What the worker and the folder conversion use of an engine: a model on its grid, one call."""
+
+    model_id: str
+    image_size: int
+    output_units: str
+    default_steps: int
+    default_eta: float
+    frame: ModelFrame
+
+    def translate_region(
+        self,
+        region_hu: np.ndarray,
+        kvp: float | None = None,
+        steps: int | None = None,
+        eta: float | None = None,
+        seed: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        first_slice_index: int = 0,
+    ) -> np.ndarray:
+        """(N, H, W) CT regions in HU (:meth:`GridMapping.to_region`) -> (N, S, S) on the model grid."""
+        ...
