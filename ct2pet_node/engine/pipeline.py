@@ -31,11 +31,11 @@ from ct2pet_node.engine.fast_paths import (
     cuda_math,
     network_calls,
 )
+from ct2pet_node.engine.manifest import WeightsManifest
 from ct2pet_node.engine.networks import Networks
 from ct2pet_node.engine.options import EngineOptions, latent_side, resolve_options, settle_batch_sizes
 from ct2pet_node.engine.sampling import Generators, sample_bridge
 from ct2pet_node.engine.translation import Progress, Translation
-from ct2pet_node.engine.weights import WeightsManifest
 from ct2pet_node.errors import EngineError
 
 log = structlog.get_logger(__name__)

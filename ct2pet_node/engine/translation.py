@@ -22,8 +22,8 @@ from ct2pet_node.errors import EngineError
 
 if TYPE_CHECKING:
     from ct2pet_node.engine.bridge import BridgeSchedule
+    from ct2pet_node.engine.manifest import WeightsManifest
     from ct2pet_node.engine.options import ResolvedOptions
-    from ct2pet_node.engine.weights import WeightsManifest
 
 log = structlog.get_logger(__name__)
 

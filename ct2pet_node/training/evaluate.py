@@ -32,7 +32,8 @@ import structlog
 from tqdm import tqdm
 
 from ct2pet_node.engine import Pipeline, load_pipeline
-from ct2pet_node.engine.weights import WeightsManifest, load_manifest
+from ct2pet_node.engine.manifest import WeightsManifest
+from ct2pet_node.engine.weights import load_manifest
 from ct2pet_node.errors import InputError, WeightsError
 from ct2pet_node.spool.atomic import UMASK_FILE_MODE, atomic_write_json
 from ct2pet_node.training import metrics
