@@ -62,7 +62,7 @@ def build_server(config: Config, translator: Translator | None = None) -> Server
 def _components(
     config: Config, translator: Translator | None, metrics: NodeMetrics, store: JobStore, outbox: Outbox
 ) -> Components:
-    from ct2pet_node.service.listener import CountingStorageScp
+    from ct2pet_node.net.scp import StorageScp
     from ct2pet_node.service.sender import Sender, counting_sender, scu_sender
     from ct2pet_node.spool.instances import InstanceSpool
 
@@ -86,13 +86,13 @@ def _components(
         metrics.instance_stored()
         router.notify(record)
 
-    scp = CountingStorageScp(
+    scp = StorageScp(
         config.node,
         config.security,
         InstanceSpool(config.node.data_dir, config.node.min_free_mb),
         store,
         on_stored,
-        metrics=metrics,
+        on_refused=metrics.instance_rejected,
     )
     # Values whose truth is on disk are read at scrape time, so a restart does not zero them.
     metrics.jobs.read_from(lambda: {state.value: n for state, n in store.counts_by_state().items()})

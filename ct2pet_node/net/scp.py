@@ -112,6 +112,9 @@ class StorageScp:
     tcp_nodelay : bool
         Nagle's algorithm off on accepted sockets (the default); False only
         to measure the difference (``benchmarks/ingest.py``).
+    on_refused : callable or None
+        Called with each C-STORE status other than success the SCP answers
+        (the node's ``instances_rejected`` metric); must not block.
     """
 
     def __init__(
@@ -126,10 +129,12 @@ class StorageScp:
         address: tuple[str, int] | None = None,
         tcp_nodelay: bool = True,
         clock: Callable[[], float] = time.time,
+        on_refused: Callable[[int], None] | None = None,
     ) -> None:
         self._spool = spool
         self._store = store
         self._on_stored = on_stored
+        self._on_refused = on_refused
         self._clock = clock
         self._address = address or (node.host, node.port)
         self._tcp_nodelay = tcp_nodelay
@@ -269,13 +274,19 @@ class StorageScp:
             calling_ae=association.requestor.ae_title, assoc_id=association.native_id
         ):
             try:
-                return self._store_instance(event)
+                status = self._store_instance(event)
             except StorageError as error:  # e.g. the job store's disk is full: the sender retries later
                 log.warning("store_refused_storage_error", reason=str(error))
-                return OUT_OF_RESOURCES
+                status = OUT_OF_RESOURCES
             except Exception:  # top of a pynetdicom thread: answer, never raise
                 log.exception("store_failed")
-                return OUT_OF_RESOURCES
+                status = OUT_OF_RESOURCES
+            if status != SUCCESS and self._on_refused is not None:
+                try:
+                    self._on_refused(status)
+                except Exception:  # a broken counter must not change the answer
+                    log.exception("refusal_hook_failed", status=f"0x{status:04X}")
+            return status
 
     def _store_instance(self, event: Event) -> int:
         context = event.context
@@ -324,17 +335,7 @@ class StorageScp:
         except OutOfSpace as error:
             log.warning("store_refused_out_of_space", reason=str(error))
             return OUT_OF_RESOURCES
-        record = InstanceRecord(
-            sop_instance_uid=header.sop_instance_uid,
-            sop_class_uid=header.sop_class_uid,
-            series_uid=header.series_uid,
-            study_uid=header.study_uid,
-            modality=header.modality,
-            transfer_syntax_uid=Uid(str(syntax)),
-            calling_ae_title=AeTitle(event.assoc.requestor.ae_title),
-            path=path,
-            received_at=self._clock(),
-        )
+        record = header.record(Uid(str(syntax)), AeTitle(event.assoc.requestor.ae_title), path, self._clock())
         if not self._store.record_instance(record):
             # Another association stored the same instance a moment ago.
             log.info("instance_duplicate", sop_instance_uid=header.sop_instance_uid)
