@@ -15,7 +15,7 @@ import contextlib
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any, TypedDict, Unpack
+from typing import Any, Unpack
 
 import numpy as np
 import structlog
@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ct2pet_node.domain.model_grid import plan_bare_slices
+from ct2pet_node.domain.request import Progress, TranslationRequest
 from ct2pet_node.engine.attenuation import AttenuationKvp, attenuation_map
 from ct2pet_node.engine.bridge import BridgeSchedule
 from ct2pet_node.engine.fast_paths import (
@@ -35,23 +36,12 @@ from ct2pet_node.engine.manifest import WeightsManifest
 from ct2pet_node.engine.networks import Networks
 from ct2pet_node.engine.options import EngineOptions, latent_side, resolve_options, settle_batch_sizes
 from ct2pet_node.engine.sampling import Generators, sample_bridge
-from ct2pet_node.engine.translation import Progress, Translation
+from ct2pet_node.engine.translation import Translation
 from ct2pet_node.errors import EngineError
 
 log = structlog.get_logger(__name__)
 
 __all__ = ["Pipeline"]
-
-
-class SamplingArgs(TypedDict, total=False):
-    """The keywords :meth:`Pipeline.__call__` passes on to :meth:`Pipeline.translate_region`."""
-
-    kvp: float | None
-    steps: int | None
-    eta: float | None
-    seed: int | None
-    progress: Progress | None
-    first_slice_index: int
 
 
 class Pipeline:
@@ -336,7 +326,7 @@ class Pipeline:
         self,
         hu: np.ndarray,
         pixel_spacing: tuple[float, float] | None = None,
-        **sampling: Unpack[SamplingArgs],
+        **request: Unpack[TranslationRequest],
     ) -> np.ndarray:
         """Translate CT slices to synthetic PET on the slices' own grid.
 
@@ -351,9 +341,9 @@ class Pipeline:
             :func:`~ct2pet_node.domain.model_grid.plan_bare_slices`); omitted,
             the whole slice is resized to the model's matrix, whatever its
             field of view.
-        **sampling
-            ``kvp``, ``steps``, ``eta``, ``seed``, ``progress`` and
-            ``first_slice_index``, as :meth:`translate_region` takes them.
+        **request
+            :class:`~ct2pet_node.domain.request.TranslationRequest`, passed on
+            to :meth:`translate_region`.
 
         Returns
         -------
@@ -365,7 +355,7 @@ class Pipeline:
         region, out_shape = (
             (hu, hu.shape[1:]) if mapping is None else (mapping.to_region(hu), mapping.region_shape)
         )
-        translated = self.translate_region(region, out_shape=(out_shape[0], out_shape[1]), **sampling)
+        translated = self.translate_region(region, out_shape=(out_shape[0], out_shape[1]), **request)
         return translated if mapping is None else mapping.from_region(translated)
 
 

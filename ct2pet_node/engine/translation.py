@@ -18,6 +18,7 @@ import numpy as np
 import structlog
 import torch
 
+from ct2pet_node.domain.request import Progress
 from ct2pet_node.errors import EngineError
 
 if TYPE_CHECKING:
@@ -26,8 +27,6 @@ if TYPE_CHECKING:
     from ct2pet_node.engine.options import ResolvedOptions
 
 log = structlog.get_logger(__name__)
-
-Progress = Callable[[int, int], None]
 
 
 class Stages(Protocol):

@@ -8,12 +8,12 @@ whichever they are given.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, Unpack
 
 import numpy as np
 
 from ct2pet_node.domain.model_grid import ModelFrame
+from ct2pet_node.domain.request import TranslationRequest
 
 
 class Translator(Protocol):
@@ -26,15 +26,6 @@ class Translator(Protocol):
     default_eta: float
     frame: ModelFrame
 
-    def translate_region(
-        self,
-        region_hu: np.ndarray,
-        kvp: float | None = None,
-        steps: int | None = None,
-        eta: float | None = None,
-        seed: int | None = None,
-        progress: Callable[[int, int], None] | None = None,
-        first_slice_index: int = 0,
-    ) -> np.ndarray:
+    def translate_region(self, region_hu: np.ndarray, **request: Unpack[TranslationRequest]) -> np.ndarray:
         """(N, H, W) CT regions in HU (:meth:`GridMapping.to_region`) -> (N, S, S) on the model grid."""
         ...
