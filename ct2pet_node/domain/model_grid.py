@@ -2,10 +2,11 @@
 
 A 2-D CNN is neither mirror- nor rotation-equivariant and sees anatomy at
 the pixel size it was trained at, so every slice goes in (1) re-indexed by
-an exact flip, transpose or right-angle rotation into the model's in-plane
-orientation, (2) padded with air or cropped, by whole CT pixels around the
-centre of the CT's field of view, to the region that covers the model's
-field of view at its training pixel size; the engine then resizes that
+an exact flip, transpose or right-angle rotation
+(:mod:`ct2pet_node.domain.inplane`) into the model's in-plane orientation,
+(2) padded with air or cropped, by whole CT pixels around the centre of the
+CT's field of view, to the region that covers the model's field of view at
+its training pixel size; the engine then resizes that
 region to the model's matrix (:mod:`ct2pet_node.engine.translation`) and
 hands back values on the model grid, whose geometry :class:`GridMapping`
 states as an affine. Nothing here interpolates: (1) and (2) are exact, and
