@@ -46,6 +46,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ct2pet_node.engine import load_pipeline
 from ct2pet_node.engine.bridge import BridgeSchedule
+from ct2pet_node.engine.device import resolve_device
+from ct2pet_node.engine.manifest import RELEASE_CALIBRATION, WeightsManifest, release_normalisation
 from ct2pet_node.engine.networks import (
     RELEASE_CONFIG,
     VQGAN,
@@ -56,13 +58,8 @@ from ct2pet_node.engine.networks import (
 )
 from ct2pet_node.engine.networks.segmentation import SegmentationArchitecture
 from ct2pet_node.engine.options import ERROR_BUDGET, EngineOptions, cpu_batch_size, latent_side
-from ct2pet_node.engine.pipeline import Pipeline, resolve_device
-from ct2pet_node.engine.weights import (
-    RELEASE_CALIBRATION,
-    WeightsManifest,
-    load_manifest,
-    release_normalisation,
-)
+from ct2pet_node.engine.pipeline import Pipeline
+from ct2pet_node.engine.weights import load_manifest
 from ct2pet_node.errors import Ct2PetError
 
 # Dense bfloat16 peak of an H200 (SXM) from NVIDIA's data sheet (1979 TFLOP/s is with sparsity);

@@ -1,7 +1,7 @@
 """Quality against sampling steps: MAE (SUV), PSNR and SSIM of one model at several step counts and etas.
 
 The held-out CT/PET pair is prepared once by the code of ``ct2pet-node
-evaluate`` (:func:`ct2pet_node.training.evaluate.load_evaluation_pair`: the
+evaluate`` (:func:`ct2pet_node.training.evaluation_pair.load_evaluation_pair`: the
 dataset builder pairs the DICOM series at the model's size, then slices A:B in
 position order are kept, with the builder's body mask); the model is loaded
 once; then :func:`ct2pet_node.training.evaluate.score` runs the pipeline for
@@ -196,7 +196,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from ct2pet_node.engine import load_pipeline
     from ct2pet_node.errors import WeightsError
     from ct2pet_node.training.baseline import load_baseline
-    from ct2pet_node.training.evaluate import load_evaluation_pair, score
+    from ct2pet_node.training.evaluate import score
+    from ct2pet_node.training.evaluation_pair import load_evaluation_pair
 
     started = time.monotonic()
     pair = load_evaluation_pair(args.weights, args.ct, args.pet, args.slices)

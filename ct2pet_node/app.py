@@ -28,7 +28,8 @@ from ct2pet_node.service.retry import retry_job
 from ct2pet_node.service.router import Router
 from ct2pet_node.service.server import Components, Server
 from ct2pet_node.service.status import StatusReport, StatusSources, build_status
-from ct2pet_node.service.worker import EngineWorker, Translator
+from ct2pet_node.service.translator import Translator
+from ct2pet_node.service.worker import EngineWorker
 from ct2pet_node.spool.atomic import ensure_private_dir, free_bytes
 from ct2pet_node.spool.jobstore import JobStore
 from ct2pet_node.spool.outbox import Outbox
@@ -67,7 +68,7 @@ def build_server(config: Config, translator: Translator | None = None) -> Server
 def _components(
     config: Config, translator: Translator | None, metrics: NodeMetrics, store: JobStore, outbox: Outbox
 ) -> Components:
-    from ct2pet_node.service.listener import CountingStorageScp
+    from ct2pet_node.net.scp import StorageScp
     from ct2pet_node.service.sender import Sender, counting_sender, peer_sender, scu_sender, stow_sender
     from ct2pet_node.spool.instances import InstanceSpool
 
@@ -110,13 +111,13 @@ def _components(
         metrics.instance_stored()
         router.notify(record)
 
-    scp = CountingStorageScp(
+    scp = StorageScp(
         config.node,
         config.security,
         InstanceSpool(config.node.data_dir, config.node.min_free_mb),
         store,
         on_stored,
-        metrics=metrics,
+        on_refused=metrics.instance_rejected,
         on_released=router.notify_released,
     )
     # Values whose truth is on disk are read at scrape time, so a restart does not zero them.

@@ -2,15 +2,46 @@
 
 Import as ``from jobpaths import move_to`` (``tests/`` is on the path). The job store has
 no blind "set state"; a test that needs a job in SENDING walks it there through
-WAITING and PROCESSING, by the shortest path :data:`TRANSITIONS` allows.
+WAITING and PROCESSING, by the shortest path :data:`TRANSITIONS` allows. A job is
+made from DICOM files by :func:`receive_files`, as the storage SCP and the router would.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+
+import pydicom
 
 from ct2pet_node.domain.jobs import TRANSITIONS, Job, JobDetails, JobState
+from ct2pet_node.domain.records import InstanceRecord
+from ct2pet_node.domain.uids import AeTitle, SeriesUid, SopInstanceUid, StudyUid, Uid
 from ct2pet_node.spool.jobstore import JobStore
+
+
+def receive_files(store: JobStore, paths: Sequence[Path]) -> int:
+    """Record ``paths`` (one series) as the SCP would, and move their job to WAITING as the router would."""
+    for path in paths:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        store.record_instance(
+            InstanceRecord(
+                sop_instance_uid=SopInstanceUid(ds.SOPInstanceUID),
+                sop_class_uid=Uid(ds.SOPClassUID),
+                series_uid=SeriesUid(ds.SeriesInstanceUID),
+                study_uid=StudyUid(ds.StudyInstanceUID),
+                modality=str(ds.Modality),
+                transfer_syntax_uid=Uid(ds.file_meta.TransferSyntaxUID),
+                calling_ae_title=AeTitle("TEST"),
+                path=path,
+                received_at=time.time(),
+            )
+        )
+    job = store.job_for_series(str(pydicom.dcmread(paths[0], stop_before_pixels=True).SeriesInstanceUID))
+    assert job is not None
+    assert store.transition(job.id, JobState.RECEIVED, JobState.WAITING) is not None
+    return job.id
 
 
 def path_between(source: JobState, target: JobState) -> list[JobState]:

@@ -68,7 +68,7 @@ def _engine_problems(config: Config, verify: bool) -> list[str]:
             problems += [f"[engine] weights: {weights_dir / name} is missing" for name in missing]
     device = config.engine.device
     if device not in ("auto", "cpu"):
-        from ct2pet_node.engine.pipeline import resolve_device
+        from ct2pet_node.engine.device import resolve_device
 
         try:
             resolve_device(device)

@@ -15,7 +15,7 @@ from ct2pet_node.config import Config
 
 if TYPE_CHECKING:
     from ct2pet_node.service.archive import ArchiveSummary
-    from ct2pet_node.service.worker import Translator
+    from ct2pet_node.service.translator import Translator
 
 
 @click.command()

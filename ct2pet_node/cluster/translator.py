@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 import structlog
@@ -31,6 +31,7 @@ from ct2pet_node.cluster.driver import DriverSettings, serve
 from ct2pet_node.cluster.ledger import ChunkLedger
 from ct2pet_node.config import Config
 from ct2pet_node.domain.cluster import ClusterSnapshot
+from ct2pet_node.domain.request import TranslationRequest
 from ct2pet_node.engine.options import EngineOptions
 from ct2pet_node.engine.weights import MANIFEST_NAME, load_manifest, sha256_of
 from ct2pet_node.errors import EngineError, EngineUnavailable
@@ -369,20 +370,20 @@ class RayTranslator:
                 )
             yield chunk, values
 
-    def translate_region(
-        self,
-        region_hu: np.ndarray,
-        kvp: float | None = None,
-        steps: int | None = None,
-        eta: float | None = None,
-        seed: int | None = None,
-        progress: Callable[[int, int], None] | None = None,
-        first_slice_index: int = 0,
-    ) -> np.ndarray:
-        """The whole region as one chunk on one actor (the worker spreads chunks with :meth:`translate_chunks`)."""
+    def translate_region(self, region_hu: np.ndarray, **request: Unpack[TranslationRequest]) -> np.ndarray:
+        """The whole region as one chunk on one actor (the worker spreads chunks with :meth:`translate_chunks`).
+
+        ``progress`` is not reported: an actor's steps are not seen from here.
+        """
         whole = range(region_hu.shape[0])
         for _, values in self.translate_chunks(
-            region_hu, [whole], kvp=kvp, steps=steps, eta=eta, seed=seed, first_slice_index=first_slice_index
+            region_hu,
+            [whole],
+            kvp=request.get("kvp"),
+            steps=request.get("steps"),
+            eta=request.get("eta"),
+            seed=request.get("seed"),
+            first_slice_index=request.get("first_slice_index", 0),
         ):
             return values
         raise EngineError("the Ray cluster returned nothing for the region")

@@ -193,7 +193,7 @@ class Source:
     dicomweb: DicomwebEndpoint | None = None
 
 
-# routing.delivery.DEFAULT_SCHEDULE: about 24 hours of trying before a dead letter.
+# About 24 hours of trying before a dead letter; routing.delivery.DEFAULT_SCHEDULE is made of them.
 DEFAULT_RETRY_DELAYS_SECONDS: tuple[float, ...] = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 DEFAULT_MAX_ATTEMPTS = 31
 

@@ -9,6 +9,7 @@ rescale slope chosen so the largest value uses the full range.
 from __future__ import annotations
 
 import copy
+import datetime
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -184,6 +185,38 @@ class SliceGeometry:
     pixel_spacing: tuple[float, float]
     slice_location: float
     spacing_between_slices: float
+
+
+@dataclass(frozen=True, slots=True)
+class OutputSlice:
+    """What an output slice's dataset is built from, whichever kind (PET or SC) is written.
+
+    Attributes
+    ----------
+    index : int
+        The slice's index in the output series, in increasing slice position.
+    geometry : SliceGeometry
+    ct, ct_header : CtVolume, pydicom.dataset.Dataset
+        The source volume and one of its headers (patient, study, anatomy copied from it).
+    info : SynthesisInfo
+    series_uid, sop_instance_uid : str
+    series_number : int
+    window : tuple of float
+        (WindowCenter, WindowWidth) in output units.
+    now : datetime.datetime
+        When the series was made: its content, series and instance dates and times.
+    """
+
+    index: int
+    geometry: SliceGeometry
+    ct: CtVolume
+    ct_header: Dataset
+    info: SynthesisInfo
+    series_uid: str
+    sop_instance_uid: str
+    series_number: int
+    window: tuple[float, float]
+    now: datetime.datetime
 
 
 def slice_geometry(affine: np.ndarray, index: int) -> SliceGeometry:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ct2pet_node.domain.model_grid import image_orientation_of, orientation_op
+from ct2pet_node.domain.inplane import image_orientation_of, orientation_op
 from ct2pet_node.domain.volume import PetVolume
 from ct2pet_node.errors import InputError
 

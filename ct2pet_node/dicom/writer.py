@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime
 import io
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pydicom
@@ -21,7 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from ct2pet_node.dicom.labels import SynthesisInfo, window
-from ct2pet_node.dicom.output_common import rescale_slope, slice_geometry, to_uint16
+from ct2pet_node.dicom.output_common import OutputSlice, rescale_slope, slice_geometry, to_uint16
 from ct2pet_node.dicom.writer_pet import build_pet_slice
 from ct2pet_node.dicom.writer_sc import build_sc_slice
 from ct2pet_node.domain.output_uids import (
@@ -141,25 +140,23 @@ def write_pet_series(
     for index in range(n_slices):
         values = pet.values[index]
         sop_uid = output_sop_instance_uid(ct.series_uid, info.model_id, kind, index)
-        common: dict[str, Any] = {
-            "index": index,
-            "geometry": slice_geometry(pet.affine, index),
-            "ct": ct,
-            "ct_header": ct_header,
-            "info": info,
-            "series_uid": series_uid,
-            "sop_instance_uid": sop_uid,
-            "series_number": series_number,
-            "window": display_window,
-            "now": created,
-        }
+        out = OutputSlice(
+            index=index,
+            geometry=slice_geometry(pet.affine, index),
+            ct=ct,
+            ct_header=ct_header,
+            info=info,
+            series_uid=series_uid,
+            sop_instance_uid=sop_uid,
+            series_number=series_number,
+            window=display_window,
+            now=created,
+        )
         if kind == PET:
             slope = rescale_slope(float(np.max(values)))
-            dataset = build_pet_slice(
-                stored=to_uint16(values, slope), slope=slope, n_slices=n_slices, **common
-            )
+            dataset = build_pet_slice(out, to_uint16(values, slope), slope, n_slices)
         else:
-            dataset = build_sc_slice(stored=to_uint16(values, series_slope), slope=series_slope, **common)
+            dataset = build_sc_slice(out, to_uint16(values, series_slope), series_slope)
         target = out_dir / f"{sop_uid}.dcm"
         try:
             _atomic_write(dataset, target)

@@ -12,8 +12,6 @@ attributes are present and empty, type 1 ones take the value meaning
 
 from __future__ import annotations
 
-import datetime
-
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
@@ -22,6 +20,7 @@ from pydicom.valuerep import DS
 
 from ct2pet_node.dicom import labels
 from ct2pet_node.dicom.output_common import (
+    OutputSlice,
     SliceGeometry,
     contributing_equipment,
     copy_anatomy,
@@ -29,7 +28,7 @@ from ct2pet_node.dicom.output_common import (
     source_image_item,
 )
 from ct2pet_node.domain.output_uids import PET
-from ct2pet_node.domain.volume import CtVolume, PetUnits
+from ct2pet_node.domain.volume import PetUnits
 
 # Units (0054,1001): GML is SUVbw's unit. Relative output has no unit at
 # all (each slice is scaled to its own maximum, so it is not even
@@ -84,74 +83,65 @@ def _patient_orientation(image: Dataset, patient_position: str) -> None:
 
 
 def build_pet_slice(
-    *,
+    out: OutputSlice,
     stored: np.ndarray,
     slope: float,
-    index: int,
     n_slices: int,
-    geometry: SliceGeometry,
-    ct: CtVolume,
-    ct_header: Dataset,
-    info: labels.SynthesisInfo,
-    series_uid: str,
-    sop_instance_uid: str,
-    series_number: int,
-    window: tuple[float, float],
-    now: datetime.datetime,
 ) -> Dataset:
-    """The PET Image Storage dataset of output slice ``index`` of ``n_slices``.
+    """The PET Image Storage dataset of output slice ``out`` of ``n_slices``.
 
     Parameters
     ----------
+    out : OutputSlice
     stored : numpy.ndarray
         uint16 (rows, columns); output value = stored * ``slope`` (this slice's own slope).
     """
     image = Dataset()
     image.file_meta = FileMetaDataset()
     image.file_meta.MediaStorageSOPClassUID = PositronEmissionTomographyImageStorage
-    image.file_meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
+    image.file_meta.MediaStorageSOPInstanceUID = UID(out.sop_instance_uid)
     image.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    copy_patient_and_study(ct_header, image)
-    date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    copy_patient_and_study(out.ct_header, image)
+    date, time = out.now.strftime("%Y%m%d"), out.now.strftime("%H%M%S")
 
     # SOP Common
     image.SOPClassUID = PositronEmissionTomographyImageStorage
-    image.SOPInstanceUID = sop_instance_uid
+    image.SOPInstanceUID = out.sop_instance_uid
     image.InstanceCreationDate, image.InstanceCreationTime = date, time
     # General Series + PET Series
     image.Modality = "PT"
-    image.SeriesInstanceUID = series_uid
-    image.SeriesNumber = series_number
+    image.SeriesInstanceUID = out.series_uid
+    image.SeriesNumber = out.series_number
     image.SeriesDate, image.SeriesTime = date, time
-    image.SeriesDescription = labels.series_description(PET, info)
-    copy_anatomy(ct_header, image)
-    image.Units = UNITS[info.output_units]
-    if info.output_units is PetUnits.SUVBW:
+    image.SeriesDescription = labels.series_description(PET, out.info)
+    copy_anatomy(out.ct_header, image)
+    image.Units = UNITS[out.info.output_units]
+    if out.info.output_units is PetUnits.SUVBW:
         image.SUVType = "BW"
     image.NumberOfSlices = n_slices
     for keyword, value in PLACEHOLDERS.items():
         setattr(image, keyword, value)
-    _patient_orientation(image, str(ct_header.get("PatientPosition", "") or ""))
+    _patient_orientation(image, str(out.ct_header.get("PatientPosition", "") or ""))
     # Frame of Reference: the CT's own, so the two fuse.
-    image.FrameOfReferenceUID = ct.frame_of_reference_uid
-    image.PositionReferenceIndicator = ct_header.get("PositionReferenceIndicator", None)
+    image.FrameOfReferenceUID = out.ct.frame_of_reference_uid
+    image.PositionReferenceIndicator = out.ct_header.get("PositionReferenceIndicator", None)
     # General Equipment
     image.Manufacturer = labels.MANUFACTURER
     image.ManufacturerModelName = labels.MANUFACTURER
-    image.SoftwareVersions = [info.software_version[:64], info.model_version[:64]]
-    image.ContributingEquipmentSequence = contributing_equipment(info, ct_header)
+    image.SoftwareVersions = [out.info.software_version[:64], out.info.model_version[:64]]
+    image.ContributingEquipmentSequence = contributing_equipment(out.info, out.ct_header)
     # General Image + General Reference + PET Image
-    image.InstanceNumber = index + 1
-    image.ImageIndex = index + 1
+    image.InstanceNumber = out.index + 1
+    image.ImageIndex = out.index + 1
     image.ContentDate, image.ContentTime = date, time
     image.ImageType = ["DERIVED", "PRIMARY"]
     image.BurnedInAnnotation = "NO"
     image.LossyImageCompression = "00"
-    image.DerivationDescription = labels.derivation_description(info)
-    image.ImageComments = labels.image_comments(info, geometry.position)
-    image.SourceImageSequence = [source_image_item(ct, index)]
-    _image_plane(image, geometry, ct_header)
-    _pixels(image, stored, slope, window, info.output_units)
+    image.DerivationDescription = labels.derivation_description(out.info)
+    image.ImageComments = labels.image_comments(out.info, out.geometry.position)
+    image.SourceImageSequence = [source_image_item(out.ct, out.index)]
+    _image_plane(image, out.geometry, out.ct_header)
+    _pixels(image, stored, slope, out.window, out.info.output_units)
     return image
 
 

@@ -18,6 +18,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from ct2pet_node.dicom import labels
 from ct2pet_node.dicom.output_common import (
+    OutputSlice,
     SliceGeometry,
     contributing_equipment,
     copy_anatomy,
@@ -26,7 +27,6 @@ from ct2pet_node.dicom.output_common import (
     source_image_item,
 )
 from ct2pet_node.domain.output_uids import SECONDARY_CAPTURE
-from ct2pet_node.domain.volume import CtVolume
 
 # Fixed so a PACS query or a rule can recognise our captures: WSD is
 # "Workstation", the conversion type of an image computed by software.
@@ -34,67 +34,56 @@ CONVERSION_TYPE = "WSD"
 
 
 def build_sc_slice(
-    *,
+    out: OutputSlice,
     stored: np.ndarray,
     slope: float,
-    index: int,
-    geometry: SliceGeometry,
-    ct: CtVolume,
-    ct_header: Dataset,
-    info: labels.SynthesisInfo,
-    series_uid: str,
-    sop_instance_uid: str,
-    series_number: int,
-    window: tuple[float, float],
-    now: datetime.datetime,
 ) -> Dataset:
-    """The SC dataset of output slice ``index``.
+    """The SC dataset of output slice ``out``.
 
     Parameters
     ----------
+    out : OutputSlice
     stored : numpy.ndarray
         uint16 (rows, columns) stored values; output value = stored * ``slope``.
-    window : tuple of float
-        (WindowCenter, WindowWidth) in output units.
     """
-    row_letter = patient_orientation_letters(geometry.orientation[:3])
-    column_letter = patient_orientation_letters(geometry.orientation[3:])
+    row_letter = patient_orientation_letters(out.geometry.orientation[:3])
+    column_letter = patient_orientation_letters(out.geometry.orientation[3:])
     image = SCImage(
         pixel_array=stored,
         photometric_interpretation="MONOCHROME2",
         bits_allocated=16,
         coordinate_system="PATIENT",
-        study_instance_uid=ct.study_uid,
-        series_instance_uid=series_uid,
-        series_number=series_number,
-        sop_instance_uid=sop_instance_uid,
-        instance_number=index + 1,
+        study_instance_uid=out.ct.study_uid,
+        series_instance_uid=out.series_uid,
+        series_number=out.series_number,
+        sop_instance_uid=out.sop_instance_uid,
+        instance_number=out.index + 1,
         manufacturer=labels.MANUFACTURER,
-        pixel_spacing=geometry.pixel_spacing,
+        pixel_spacing=out.geometry.pixel_spacing,
         patient_orientation=(row_letter, column_letter),
         transfer_syntax_uid=ExplicitVRLittleEndian,
-        contributing_equipment=contributing_equipment(info, ct_header),
-        series_description=labels.series_description(SECONDARY_CAPTURE, info),
+        contributing_equipment=contributing_equipment(out.info, out.ct_header),
+        series_description=labels.series_description(SECONDARY_CAPTURE, out.info),
         manufacturer_model_name=labels.MANUFACTURER,
-        software_versions=info.software_version[:64],
-        content_date=now.date(),
-        content_time=now.time(),
-        series_date=now.date(),
-        series_time=now.time(),
+        software_versions=out.info.software_version[:64],
+        content_date=out.now.date(),
+        content_time=out.now.time(),
+        series_date=out.now.date(),
+        series_time=out.now.time(),
     )
-    copy_patient_and_study(ct_header, image)
-    copy_anatomy(ct_header, image)
-    _describe(image, info, geometry, now)
-    image.SourceImageSequence = [source_image_item(ct, index)]
+    copy_patient_and_study(out.ct_header, image)
+    copy_anatomy(out.ct_header, image)
+    _describe(image, out.info, out.geometry, out.now)
+    image.SourceImageSequence = [source_image_item(out.ct, out.index)]
     # Modality LUT and VOI LUT modules (both allowed in the SC IOD): one
     # slope for the whole series, so stored values compare across slices.
     image.RescaleIntercept = "0"
     image.RescaleSlope = f"{slope:.9g}"
     image.RescaleType = "US"
-    center, width = window
+    center, width = out.window
     image.WindowCenter = f"{center:.6g}"
     image.WindowWidth = f"{width:.6g}"
-    image.WindowCenterWidthExplanation = labels.units_phrase(info.output_units)[:64]
+    image.WindowCenterWidthExplanation = labels.units_phrase(out.info.output_units)[:64]
     return image
 
 

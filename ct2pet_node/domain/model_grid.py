@@ -2,10 +2,11 @@
 
 A 2-D CNN is neither mirror- nor rotation-equivariant and sees anatomy at
 the pixel size it was trained at, so every slice goes in (1) re-indexed by
-an exact flip, transpose or right-angle rotation into the model's in-plane
-orientation, (2) padded with air or cropped, by whole CT pixels around the
-centre of the CT's field of view, to the region that covers the model's
-field of view at its training pixel size; the engine then resizes that
+an exact flip, transpose or right-angle rotation
+(:mod:`ct2pet_node.domain.inplane`) into the model's in-plane orientation,
+(2) padded with air or cropped, by whole CT pixels around the centre of the
+CT's field of view, to the region that covers the model's field of view at
+its training pixel size; the engine then resizes that
 region to the model's matrix (:mod:`ct2pet_node.engine.translation`) and
 hands back values on the model grid, whose geometry :class:`GridMapping`
 states as an affine. Nothing here interpolates: (1) and (2) are exact, and
@@ -19,7 +20,6 @@ patient LPS mm, as in :mod:`ct2pet_node.domain.volume`.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ct2pet_node.domain.inplane import InPlaneOp, orientation_op
 from ct2pet_node.errors import InputError
 
 # Head-first supine as GE and most scanners store it: columns run from the
@@ -112,114 +113,6 @@ class ModelFrame:
             "image_orientation": list(self.image_orientation),
             "assumed": self.assumed,
         }
-
-
-@dataclass(frozen=True, slots=True)
-class InPlaneOp:
-    """An exact re-indexing of ``(..., y, x)`` slices: transpose first, then flips.
-
-    The eight values are the right-angle in-plane storages of one slice:
-    identity, the two mirrorings, the 180° rotation, and the same four transposed.
-    """
-
-    transpose: bool = False
-    flip_rows: bool = False
-    flip_columns: bool = False
-
-    @property
-    def is_identity(self) -> bool:
-        return not (self.transpose or self.flip_rows or self.flip_columns)
-
-    def apply(self, array: np.ndarray) -> np.ndarray:
-        """The array re-indexed (a view where numpy allows it)."""
-        out = np.swapaxes(array, -1, -2) if self.transpose else array
-        if self.flip_rows:
-            out = out[..., ::-1, :]
-        if self.flip_columns:
-            out = out[..., :, ::-1]
-        return out
-
-    def invert(self, array: np.ndarray) -> np.ndarray:
-        """Undo :meth:`apply`."""
-        out = array[..., :, ::-1] if self.flip_columns else array
-        if self.flip_rows:
-            out = out[..., ::-1, :]
-        return np.swapaxes(out, -1, -2) if self.transpose else out
-
-    def apply_to_affine(self, affine: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-        """The affine of :meth:`apply`'s result, for an array of in-plane ``shape`` (rows, columns)."""
-        out = np.array(affine, dtype=np.float64, copy=True)
-        rows, columns = shape
-        if self.transpose:
-            out[:, [0, 1]] = out[:, [1, 0]]
-            rows, columns = columns, rows
-        if self.flip_rows:
-            out[:3, 3] += (rows - 1) * out[:3, 1]
-            out[:3, 1] = -out[:3, 1]
-        if self.flip_columns:
-            out[:3, 3] += (columns - 1) * out[:3, 0]
-            out[:3, 0] = -out[:3, 0]
-        return out
-
-    def applied_shape(self, shape: tuple[int, int]) -> tuple[int, int]:
-        return (shape[1], shape[0]) if self.transpose else shape
-
-    def describe(self) -> str:
-        """What was done, in a reader's words."""
-        flips = (self.flip_rows, self.flip_columns)
-        if not self.transpose:
-            return {
-                (False, False): "as stored",
-                (False, True): "flipped left-right",
-                (True, False): "flipped top-bottom",
-                (True, True): "rotated 180°",
-            }[flips]
-        return {
-            (False, False): "transposed",
-            (False, True): "rotated 90° clockwise",
-            (True, False): "rotated 90° counter-clockwise",
-            (True, True): "transposed across the other diagonal",
-        }[flips]
-
-
-ALL_OPS = tuple(InPlaneOp(*bits) for bits in itertools.product((False, True), repeat=3))
-
-
-def _unit(vector: np.ndarray) -> np.ndarray:
-    return np.asarray(vector / np.linalg.norm(vector), dtype=np.float64)
-
-
-def image_orientation_of(affine: np.ndarray) -> tuple[float, float, float, float, float, float]:
-    """The DICOM ImageOrientationPatient of a grid: its column then its row direction, unit length."""
-    row, column = _unit(affine[:3, 0]), _unit(affine[:3, 1])
-    return (*(float(v) for v in row), *(float(v) for v in column))  # type: ignore[return-value]
-
-
-def orientation_op(
-    affine: np.ndarray, shape: tuple[int, int], image_orientation: tuple[float, ...]
-) -> tuple[InPlaneOp, float]:
-    """The right-angle re-indexing that brings slices closest to ``image_orientation``.
-
-    Returns the op and the angle in degrees that remains between the
-    re-indexed slices' axes and the wanted ones (0 for the eight storages a
-    scanner writes; a few degrees for a CT reconstructed with an in-plane
-    rotation or a gantry tilt, which no re-indexing can remove).
-    """
-    wanted_row, wanted_column = np.array(image_orientation[:3]), np.array(image_orientation[3:])
-    best: tuple[float, InPlaneOp] | None = None
-    for op in ALL_OPS:
-        moved = op.apply_to_affine(affine, shape)
-        score = float(_unit(moved[:3, 0]) @ wanted_row + _unit(moved[:3, 1]) @ wanted_column)
-        if best is None or score > best[0] + 1e-12:
-            best = (score, op)
-    assert best is not None
-    op = best[1]
-    moved = op.apply_to_affine(affine, shape)
-    angles = [
-        math.degrees(math.acos(float(np.clip(_unit(moved[:3, axis]) @ wanted, -1.0, 1.0))))
-        for axis, wanted in ((0, wanted_row), (1, wanted_column))
-    ]
-    return op, max(angles)
 
 
 def body_extent(hu: np.ndarray, threshold: float = BODY_HU) -> tuple[int, int, int, int] | None:
@@ -353,7 +246,7 @@ def plan_model_grid(
 
     scale = 1.0
     if body is not None:
-        oriented_body = _oriented_box(body, op, shape)
+        oriented_body = op.apply_to_box(body, shape)
         scale = max(
             1.0,
             _scale_to_fit(rows, spacing_y, frame, oriented_body[0], oriented_body[1]),
@@ -390,6 +283,20 @@ def plan_model_grid(
     )
 
 
+def plan_bare_slices(hu: np.ndarray, pixel_spacing: tuple[float, float], frame: ModelFrame) -> GridMapping:
+    """How bare slices (N, H, W) with (row, column) ``pixel_spacing`` in mm reach a model.
+
+    Bare arrays carry no orientation: they are taken to be in the model's already.
+    """
+    row_spacing, column_spacing = (float(v) for v in pixel_spacing)
+    orientation = frame.image_orientation
+    affine = np.eye(4)
+    affine[:3, 0] = np.array(orientation[:3]) * column_spacing
+    affine[:3, 1] = np.array(orientation[3:]) * row_spacing
+    affine[:3, 2] = np.cross(orientation[:3], orientation[3:])
+    return plan_model_grid(affine, (hu.shape[1], hu.shape[2]), frame, body_extent(hu))
+
+
 def _region_pixels(frame: ModelFrame, scale: float, spacing: float) -> int:
     return max(1, round(frame.field_of_view_mm * scale / spacing))
 
@@ -403,22 +310,6 @@ def _scale_to_fit(size: int, spacing: float, frame: ModelFrame, first: int, stop
     # reconstruction already cut off at its edge gains nothing from a wider region.
     pixels = min(2.0 * half_needed + 4.0, float(size))
     return pixels * spacing / frame.field_of_view_mm
-
-
-def _oriented_box(
-    box: tuple[int, int, int, int], op: InPlaneOp, shape: tuple[int, int]
-) -> tuple[int, int, int, int]:
-    """``box`` (row0, row1, column0, column1) of the stored grid in re-indexed pixels."""
-    row0, row1, column0, column1 = box
-    rows, columns = shape
-    if op.transpose:
-        row0, row1, column0, column1 = column0, column1, row0, row1
-        rows, columns = columns, rows
-    if op.flip_rows:
-        row0, row1 = rows - row1, rows - row0
-    if op.flip_columns:
-        column0, column1 = columns - column1, columns - column0
-    return row0, row1, column0, column1
 
 
 def _model_affine(oriented: np.ndarray, span_y: Span, span_x: Span, matrix: int) -> np.ndarray:

@@ -10,15 +10,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ct2pet_node.engine.pipeline import Pipeline, load_pipeline
+    from ct2pet_node.engine.loading import load_pipeline
+    from ct2pet_node.engine.pipeline import Pipeline
 
 __all__ = ["Pipeline", "load_pipeline"]
 
 
 def __getattr__(name: str) -> object:
-    # One definition of each, in engine.pipeline; looking it up here is what loads torch.
-    if name in __all__:
-        from ct2pet_node.engine import pipeline
+    # One definition of each, in engine.pipeline and engine.loading; looking it up here is what
+    # loads torch.
+    if name == "Pipeline":
+        from ct2pet_node.engine.pipeline import Pipeline
 
-        return getattr(pipeline, name)
+        return Pipeline
+    if name == "load_pipeline":
+        from ct2pet_node.engine.loading import load_pipeline
+
+        return load_pipeline
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

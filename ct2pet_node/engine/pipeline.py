@@ -15,35 +15,33 @@ import contextlib
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 import structlog
 import torch
 import torch.nn.functional as F
 
-from ct2pet_node.domain.model_grid import GridMapping, body_extent, plan_model_grid
+from ct2pet_node.domain.model_grid import plan_bare_slices
+from ct2pet_node.domain.request import Progress, TranslationRequest
 from ct2pet_node.engine.attenuation import AttenuationKvp, attenuation_map
 from ct2pet_node.engine.bridge import BridgeSchedule
-from ct2pet_node.engine.device import resolve_device
 from ct2pet_node.engine.fast_paths import (
     autocast_for,
     cuda_free_bytes,
     cuda_math,
     network_calls,
 )
-from ct2pet_node.engine.networks import Networks, build_networks
+from ct2pet_node.engine.manifest import WeightsManifest
+from ct2pet_node.engine.networks import Networks
 from ct2pet_node.engine.options import EngineOptions, latent_side, resolve_options, settle_batch_sizes
 from ct2pet_node.engine.sampling import Generators, sample_bridge
-from ct2pet_node.engine.translation import Progress, Translation
-from ct2pet_node.engine.weights import WeightsManifest, load_manifest, load_state_dicts
+from ct2pet_node.engine.translation import Translation
 from ct2pet_node.errors import EngineError
 
 log = structlog.get_logger(__name__)
 
-# resolve_device lives in engine.device; it is exported here too, where callers have long found it.
-__all__ = ["Pipeline", "load_pipeline", "resolve_device"]
+__all__ = ["Pipeline"]
 
 
 class Pipeline:
@@ -324,29 +322,11 @@ class Pipeline:
         ):
             return run.execute()
 
-    def grid_mapping(self, hu: np.ndarray, pixel_spacing: tuple[float, float]) -> GridMapping:
-        """How bare slices (N, H, W) with (row, column) ``pixel_spacing`` in mm reach this model.
-
-        Bare arrays carry no orientation: they are taken to be in the model's already.
-        """
-        row_spacing, column_spacing = (float(v) for v in pixel_spacing)
-        orientation = self.frame.image_orientation
-        affine = np.eye(4)
-        affine[:3, 0] = np.array(orientation[:3]) * column_spacing
-        affine[:3, 1] = np.array(orientation[3:]) * row_spacing
-        affine[:3, 2] = np.cross(orientation[:3], orientation[3:])
-        return plan_model_grid(affine, (hu.shape[1], hu.shape[2]), self.frame, body_extent(hu))
-
     def __call__(
         self,
         hu: np.ndarray,
-        kvp: float | None = None,
-        steps: int | None = None,
-        eta: float | None = None,
-        seed: int | None = None,
-        progress: Progress | None = None,
-        first_slice_index: int = 0,
         pixel_spacing: tuple[float, float] | None = None,
+        **request: Unpack[TranslationRequest],
     ) -> np.ndarray:
         """Translate CT slices to synthetic PET on the slices' own grid.
 
@@ -357,11 +337,13 @@ class Pipeline:
         pixel_spacing : tuple of float, optional
             (row, column) spacing of ``hu`` in mm. Given, each slice is shown
             to the model at its training pixel size (padded with air or
-            cropped around the centre, see :meth:`grid_mapping`); omitted,
+            cropped around the centre, see
+            :func:`~ct2pet_node.domain.model_grid.plan_bare_slices`); omitted,
             the whole slice is resized to the model's matrix, whatever its
             field of view.
-
-        Other parameters are those of :meth:`translate_region`.
+        **request
+            :class:`~ct2pet_node.domain.request.TranslationRequest`, passed on
+            to :meth:`translate_region`.
 
         Returns
         -------
@@ -369,13 +351,11 @@ class Pipeline:
             (N, H, W) float32 PET in ``self.output_units``.
         """
         hu = _slices(hu)
-        mapping = None if pixel_spacing is None else self.grid_mapping(hu, pixel_spacing)
+        mapping = None if pixel_spacing is None else plan_bare_slices(hu, pixel_spacing, self.frame)
         region, out_shape = (
             (hu, hu.shape[1:]) if mapping is None else (mapping.to_region(hu), mapping.region_shape)
         )
-        translated = self.translate_region(
-            region, kvp, steps, eta, seed, progress, first_slice_index, (out_shape[0], out_shape[1])
-        )
+        translated = self.translate_region(region, out_shape=(out_shape[0], out_shape[1]), **request)
         return translated if mapping is None else mapping.from_region(translated)
 
 
@@ -385,41 +365,3 @@ def _slices(hu: np.ndarray) -> np.ndarray:
     if array.ndim != 3 or array.shape[0] == 0:
         raise EngineError(f"CT array of shape {array.shape} is not (N, H, W) slices; pass a (z, y, x) volume")
     return array
-
-
-def load_pipeline(
-    weights_dir: Path | str,
-    device: str = "auto",
-    precision: str | None = None,
-    batch_size: int | None = None,
-    *,
-    options: EngineOptions | None = None,
-) -> Pipeline:
-    """Verify and load a weights directory onto a device.
-
-    ``precision`` and ``batch_size``, when given, override those of ``options``
-    (the fast paths; default :class:`EngineOptions`: the exact path plus what
-    is exact on the device).
-
-    Raises
-    ------
-    WeightsError
-        A file is missing, truncated or fails its checksum, or the weights do not fit.
-    EngineError
-        The device or precision is unavailable.
-    """
-    weights_dir = Path(weights_dir)
-    torch_device = resolve_device(device)
-    manifest = load_manifest(weights_dir)
-    states = load_state_dicts(weights_dir, verify=True)
-    networks = build_networks(manifest.architecture, states, origin=f"weights in {weights_dir}")
-    pipeline = Pipeline(manifest, networks, torch_device, precision, batch_size, options)
-    log.info(
-        "pipeline_loaded",
-        model_id=manifest.model_id,
-        device=str(torch_device),
-        options=pipeline.options,
-        batch_size=pipeline.batch_size,
-        decode_batch_size=pipeline.decode_batch_size,
-    )
-    return pipeline

@@ -18,16 +18,15 @@ import numpy as np
 import structlog
 import torch
 
+from ct2pet_node.domain.request import Progress
 from ct2pet_node.errors import EngineError
 
 if TYPE_CHECKING:
     from ct2pet_node.engine.bridge import BridgeSchedule
+    from ct2pet_node.engine.manifest import WeightsManifest
     from ct2pet_node.engine.options import ResolvedOptions
-    from ct2pet_node.engine.weights import WeightsManifest
 
 log = structlog.get_logger(__name__)
-
-Progress = Callable[[int, int], None]
 
 
 class Stages(Protocol):

@@ -112,6 +112,9 @@ class StorageScp:
     tcp_nodelay : bool
         Nagle's algorithm off on accepted sockets (the default); False only
         to measure the difference (``benchmarks/ingest.py``).
+    on_refused : callable or None
+        Called with each C-STORE status other than success the SCP answers
+        (the node's ``instances_rejected`` metric); must not block.
     """
 
     def __init__(
@@ -127,12 +130,14 @@ class StorageScp:
         tcp_nodelay: bool = True,
         clock: Callable[[], float] = time.time,
         on_released: Callable[[AssociationReleased], None] | None = None,
+        on_refused: Callable[[int], None] | None = None,
     ) -> None:
         self._spool = spool
         self._intake = Intake(
             spool, store, on_stored, security.max_instance_mb * 1024 * 1024, node.other_sop_classes, clock
         )
         self._deliveries = AssociationDeliveries(on_released, clock)
+        self._on_refused = on_refused
         self._address = address or (node.host, node.port)
         self._tcp_nodelay = tcp_nodelay
         self._io_timeout = node.network_timeout_seconds
@@ -270,7 +275,13 @@ class StorageScp:
     # Event handlers: run on pynetdicom's association threads --------------------------------
 
     def _handle_store(self, event: Event) -> int:
-        return answer_store(event, self._store_instance)
+        status = answer_store(event, self._store_instance)
+        if status != SUCCESS and self._on_refused is not None:
+            try:
+                self._on_refused(status)
+            except Exception:  # a broken counter must not change the answer
+                log.exception("refusal_hook_failed", status=f"0x{status:04X}")
+        return status
 
     def _store_instance(self, event: Event) -> int:
         """Hand the instance to the intake, the rules and the write it shares with STOW-RS and C-GET."""

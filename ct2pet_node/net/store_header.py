@@ -10,13 +10,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from io import BytesIO
+from pathlib import Path
 
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID, CTImageStorage, EnhancedCTImageStorage
 
-from ct2pet_node.domain.uids import SeriesUid, SopInstanceUid, StudyUid, Uid, is_valid_uid, require_uid
+from ct2pet_node.domain.records import InstanceRecord
+from ct2pet_node.domain.uids import (
+    AeTitle,
+    SeriesUid,
+    SopInstanceUid,
+    StudyUid,
+    Uid,
+    is_valid_uid,
+    require_uid,
+)
 from ct2pet_node.errors import InputError
 
 # What the node translates; every receiver decides "CT or not" by this.
@@ -49,6 +59,22 @@ class StoreHeader:
     series_uid: SeriesUid
     study_uid: StudyUid
     modality: str
+
+    def record(
+        self, transfer_syntax_uid: Uid, calling_ae_title: AeTitle, path: Path, received_at: float
+    ) -> InstanceRecord:
+        """The job store's record of this instance, once it is spooled at ``path``."""
+        return InstanceRecord(
+            sop_instance_uid=self.sop_instance_uid,
+            sop_class_uid=self.sop_class_uid,
+            series_uid=self.series_uid,
+            study_uid=self.study_uid,
+            modality=self.modality,
+            transfer_syntax_uid=transfer_syntax_uid,
+            calling_ae_title=calling_ae_title,
+            path=path,
+            received_at=received_at,
+        )
 
 
 def _raw_text(dataset: Dataset, tag: BaseTag) -> str | None:

@@ -56,6 +56,8 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+from ct2pet_node.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_DELAYS_SECONDS
+
 
 class DeliveryOutcome(Enum):
     """What one instance's result means for its delivery."""
@@ -196,9 +198,8 @@ class RetrySchedule:
             raise ValueError(f"max_attempts {self.max_attempts}: must be 1 or more")
 
 
-RETRY_DELAYS_SECONDS: tuple[float, ...] = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
-MAX_ATTEMPTS = 31
-DEFAULT_SCHEDULE = RetrySchedule(RETRY_DELAYS_SECONDS, MAX_ATTEMPTS)
+# The [delivery] defaults: one schedule, whether or not a config file names one.
+DEFAULT_SCHEDULE = RetrySchedule(DEFAULT_RETRY_DELAYS_SECONDS, DEFAULT_MAX_ATTEMPTS)
 
 
 def next_attempt_at(attempt: int, now: float, schedule: RetrySchedule = DEFAULT_SCHEDULE) -> float | None:

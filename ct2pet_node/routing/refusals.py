@@ -32,24 +32,28 @@ def grid_refusal(ordered: Sequence[OrderedSlice], grid: Grid, tolerance_mm: floa
     for problem in grid.problems:
         by_kind[problem.kind].append(problem)
     if by_kind["duplicate"]:
-        first = by_kind["duplicate"][0]
-        a, b = ordered[first.index], ordered[first.index + 1]
-        more = _more(len(by_kind["duplicate"]) - 1, "duplicate position")
+        first, a, b, more = _first_problem(ordered, by_kind["duplicate"], "duplicate position")
         return (
             f"slices {first.index + 1} and {first.index + 2} share position {a.z_text}: instances "
             f"{_instance(a)} and {_instance(b)}{more}; the series holds a duplicate or two overlapping "
             "reconstructions, send one"
         )
     if by_kind["uneven"]:
-        first = by_kind["uneven"][0]
-        a, b = ordered[first.index], ordered[first.index + 1]
-        more = _more(len(by_kind["uneven"]) - 1, "uneven step")
+        first, a, b, more = _first_problem(ordered, by_kind["uneven"], "uneven step")
         return (
             f"uneven slice spacing: slice {first.index + 1} ({a.z_text}) to slice {first.index + 2} "
             f"({b.z_text}) is {first.step_mm:.2f} mm, expected {grid.step_mm:.2f} mm ± {tolerance_mm:g} mm"
             f"{more}; this node does not resample in z, send a reconstruction with constant spacing"
         )
     return _gaps_text(ordered, by_kind["gap"], grid.step_mm)
+
+
+def _first_problem(
+    ordered: Sequence[OrderedSlice], problems: Sequence[GridProblem], noun: str
+) -> tuple[GridProblem, OrderedSlice, OrderedSlice, str]:
+    """The first of ``problems``, the two slices it lies between, and the others counted in words."""
+    first = problems[0]
+    return first, ordered[first.index], ordered[first.index + 1], _more(len(problems) - 1, noun)
 
 
 def _gaps_text(ordered: Sequence[OrderedSlice], gaps: Sequence[GridProblem], step_mm: float) -> str:

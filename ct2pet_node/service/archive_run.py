@@ -41,7 +41,7 @@ from ct2pet_node.service.archive import (
 )
 from ct2pet_node.service.convert import convert_volume
 from ct2pet_node.service.synthesis import Sampling, WrittenSeries
-from ct2pet_node.service.worker import Translator
+from ct2pet_node.service.translator import Translator
 from ct2pet_node.spool.atomic import UMASK_FILE_MODE, atomic_write, atomic_write_json, fsync_dir
 
 log = structlog.get_logger(__name__)

@@ -19,8 +19,10 @@ from ct2pet_node.dicom.volume import build_ct_volume, scan_folder
 from ct2pet_node.domain.volume import CtVolume
 from ct2pet_node.errors import EngineError, InputError, SeriesRefused
 from ct2pet_node.routing.qualify import qualify_series
+from ct2pet_node.service.checkpoints import chunk_ranges
 from ct2pet_node.service.synthesis import Sampling, WrittenSeries, map_to_model, write_outputs
-from ct2pet_node.service.worker import CHUNK_SLICES, Translator
+from ct2pet_node.service.translator import Translator
+from ct2pet_node.service.worker import CHUNK_SLICES
 
 log = structlog.get_logger(__name__)
 
@@ -125,7 +127,7 @@ def _translate_spread(
 ) -> np.ndarray:
     """(N, region rows, region columns) HU -> (N, matrix, matrix) on the model grid, chunk by chunk."""
     count = region.shape[0]
-    chunks = [range(start, min(start + CHUNK_SLICES, count)) for start in range(0, count, CHUNK_SLICES)]
+    chunks = chunk_ranges(count, CHUNK_SLICES)
     out = np.empty((count, matrix, matrix), dtype=np.float32)
     done = 0
     finished = translator.translate_chunks(  # type: ignore[attr-defined]

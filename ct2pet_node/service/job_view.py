@@ -17,8 +17,8 @@ from ct2pet_node.config import Config
 from ct2pet_node.domain.jobs import Job
 from ct2pet_node.errors import Ct2PetError
 from ct2pet_node.service.admin import fetch_status
+from ct2pet_node.service.checkpoints import checkpointed_slices
 from ct2pet_node.service.progress import JobProgress, job_progress
-from ct2pet_node.service.worker import checkpointed_slices
 
 # A node that is up answers at once; one that is down refuses at once. Not worth waiting for more.
 _ASK_NODE_SECONDS = 2.0

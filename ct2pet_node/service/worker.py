@@ -14,14 +14,11 @@ the composition root from :func:`ct2pet_node.engine.load_pipeline`.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import io
 import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import structlog
@@ -30,16 +27,17 @@ from ct2pet_node.config import Config
 from ct2pet_node.dicom.headers import read_slice_header
 from ct2pet_node.dicom.volume import build_ct_volume
 from ct2pet_node.domain.jobs import Job, JobDetails, JobState
-from ct2pet_node.domain.model_grid import GridMapping, ModelFrame
+from ct2pet_node.domain.model_grid import GridMapping
 from ct2pet_node.domain.volume import CtVolume
-from ct2pet_node.errors import Ct2PetError, EngineError, EngineUnavailable, SeriesRefused
+from ct2pet_node.errors import Ct2PetError, EngineUnavailable, SeriesRefused
 from ct2pet_node.routing.qualify import qualify_series
+from ct2pet_node.service.checkpoints import JobCheckpoints, checkpoint_key, chunk_ranges
 from ct2pet_node.service.engine_threads import EngineThreads, RunningJobs
 from ct2pet_node.service.metrics import NodeMetrics
 from ct2pet_node.service.progress import ProgressBoard
 from ct2pet_node.service.queue import EngineQueue
 from ct2pet_node.service.synthesis import Sampling, WrittenSeries, map_to_model, write_outputs
-from ct2pet_node.spool.atomic import atomic_write, ensure_private_dir
+from ct2pet_node.service.translator import Translator
 from ct2pet_node.spool.jobstore import JobStore
 
 log = structlog.get_logger(__name__)
@@ -49,30 +47,6 @@ log = structlog.get_logger(__name__)
 CHUNK_SLICES = 16
 # How long the engine idles before it looks in the job store for WAITING jobs nobody queued, seconds.
 IDLE_POLL_SECONDS = 5.0
-
-
-class Translator(Protocol):
-    """What the worker needs of the engine's pipeline (see ct2pet_node.engine.pipeline)."""
-
-    model_id: str
-    image_size: int
-    output_units: str
-    default_steps: int
-    default_eta: float
-    frame: ModelFrame
-
-    def translate_region(
-        self,
-        region_hu: np.ndarray,
-        kvp: float | None = None,
-        steps: int | None = None,
-        eta: float | None = None,
-        seed: int | None = None,
-        progress: Callable[[int, int], None] | None = None,
-        first_slice_index: int = 0,
-    ) -> np.ndarray:
-        """(N, H, W) CT regions in HU (:meth:`GridMapping.to_region`) -> (N, S, S) on the model grid."""
-        ...
 
 
 class StopRequested(Exception):
@@ -293,17 +267,15 @@ class EngineWorker:
             return self._translate_spread(job_id, ct, mapping)
         region = mapping.to_region(ct.hu)
         count, size = region.shape[0], mapping.matrix
-        work = self.work_root / str(job_id)
-        key = self._checkpoint_key(ct, mapping)
+        checkpoints = self._checkpoints(job_id, ct, mapping)
         out = np.empty((count, size, size), dtype=np.float32)
         reused = 0
-        ensure_private_dir(work)
         self.progress.translation_started(job_id, count)
-        for start in range(0, count, self.chunk_slices):
-            stop = min(start + self.chunk_slices, count)
-            checkpoint = work / f"{key}-{start:05d}-{stop:05d}.npy"
-            if checkpoint.is_file():
-                out[start:stop] = np.load(checkpoint, allow_pickle=False)
+        for chunk in chunk_ranges(count, self.chunk_slices):
+            start, stop = chunk.start, chunk.stop
+            saved = checkpoints.load(chunk)
+            if saved is not None:
+                out[start:stop] = saved
                 reused += stop - start
                 self.progress.slices_done(job_id, stop, translated=False)
                 continue
@@ -318,12 +290,7 @@ class EngineWorker:
                 first_slice_index=start,
                 progress=self._chunk_progress(job_id, start, stop),
             )
-            if not np.all(np.isfinite(out[start:stop])):
-                raise EngineError(
-                    f"the engine produced NaN or infinite values for slices {start}..{stop - 1}"
-                )
-            atomic_write(checkpoint, _npy_bytes(out[start:stop]))
-            log.info("chunk_checkpointed", job_id=job_id, first_slice=start, slices=stop - start)
+            checkpoints.save(chunk, out[start:stop])
         return out, reused
 
     def _chunk_progress(self, job_id: int, start: int, stop: int) -> Callable[[int, int], None]:
@@ -342,16 +309,13 @@ class EngineWorker:
         """
         region = mapping.to_region(ct.hu)
         count, size = region.shape[0], mapping.matrix
-        work = self.work_root / str(job_id)
-        key = self._checkpoint_key(ct, mapping)
+        checkpoints = self._checkpoints(job_id, ct, mapping)
         out = np.empty((count, size, size), dtype=np.float32)
         missing: list[range] = []
-        ensure_private_dir(work)
-        for start in range(0, count, self.chunk_slices):
-            chunk = range(start, min(start + self.chunk_slices, count))
-            checkpoint = work / f"{key}-{chunk.start:05d}-{chunk.stop:05d}.npy"
-            if checkpoint.is_file():
-                out[chunk.start : chunk.stop] = np.load(checkpoint, allow_pickle=False)
+        for chunk in chunk_ranges(count, self.chunk_slices):
+            saved = checkpoints.load(chunk)
+            if saved is not None:
+                out[chunk.start : chunk.stop] = saved
             else:
                 missing.append(chunk)
         reused = count - sum(len(chunk) for chunk in missing)
@@ -370,13 +334,8 @@ class EngineWorker:
         finished_slices = 0
         try:
             for done, (chunk, values) in enumerate(finished, start=1):
-                if not np.all(np.isfinite(values)):
-                    raise EngineError(
-                        f"the engine produced NaN or infinite values for slices {chunk.start}..{chunk.stop - 1}"
-                    )
+                checkpoints.save(chunk, values)
                 out[chunk.start : chunk.stop] = values
-                atomic_write(work / f"{key}-{chunk.start:05d}-{chunk.stop:05d}.npy", _npy_bytes(values))
-                log.info("chunk_checkpointed", job_id=job_id, first_slice=chunk.start, slices=len(chunk))
                 finished_slices += len(chunk)
                 self.progress.slices_done(job_id, reused + finished_slices)
                 if self._stop.is_set() and done < len(missing):
@@ -385,13 +344,9 @@ class EngineWorker:
             finished.close()
         return out, reused
 
-    def _checkpoint_key(self, ct: CtVolume, mapping: GridMapping) -> str:
-        # A checkpoint is only reused for the same model, sampling settings and model grid.
-        text = (
-            f"{self.translator.model_id}|{self.sampling}|{ct.hu.shape}|{ct.series_uid}|{self.chunk_slices}"
-            f"|{mapping.op}|{mapping.rows}|{mapping.columns}"
-        )
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+    def _checkpoints(self, job_id: int, ct: CtVolume, mapping: GridMapping) -> JobCheckpoints:
+        key = checkpoint_key(self.translator.model_id, self.sampling, ct, mapping, self.chunk_slices)
+        return JobCheckpoints(job_id, self.work_root / str(job_id), key)
 
     def _write(self, job: Job, ct: CtVolume, values: np.ndarray, mapping: GridMapping) -> list[WrittenSeries]:
         first_source = ct.sources[0].sop_instance_uid
@@ -412,19 +367,3 @@ class EngineWorker:
             out_root=self.results_root / str(job.id),
             preview_title=f"job {job.id} · model {self.translator.model_id}",
         )
-
-
-def checkpointed_slices(work_root: Path, job_id: int) -> int:
-    """Slices the engine has checkpointed for ``job_id`` under ``work_root`` (names end ``-START-STOP.npy``)."""
-    done = 0
-    for checkpoint in (work_root / str(job_id)).glob("*-*-*.npy"):
-        start, stop = checkpoint.stem.rsplit("-", 2)[1:]
-        if start.isdigit() and stop.isdigit():
-            done += int(stop) - int(start)
-    return done
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()

@@ -18,6 +18,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy as np
+
 from ct2pet_node.errors import OutOfSpace, StorageError
 
 PRIVATE_DIR_MODE = 0o700
@@ -149,6 +151,12 @@ def atomic_write_json(
 ) -> None:
     """``data`` as UTF-8 JSON (newline-terminated) to ``path``, atomically and durably."""
     atomic_write(path, (json.dumps(data, indent=indent) + "\n").encode("utf-8"), mode)
+
+
+def atomic_write_npy(path: Path, array: np.ndarray, mode: int = PRIVATE_FILE_MODE) -> None:
+    """``array`` as a ``.npy`` file (C order, no pickles) to ``path``, atomically and durably."""
+    with atomic_file(path, mode) as handle:
+        np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
 
 
 def remove_partial_files(root: Path) -> int:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import structlog
 
-from ct2pet_node.domain.jobs import Job, JobDetails, JobState
+from ct2pet_node.domain.jobs import Job, JobDetails, JobState, Transition
 from ct2pet_node.domain.records import InstanceRecord
 from ct2pet_node.domain.uids import AeTitle, SeriesUid, SopInstanceUid, StudyUid, Uid
-from ct2pet_node.errors import StorageError
+from ct2pet_node.errors import InputError, StorageError
 from ct2pet_node.spool.database import Database
 
 log = structlog.get_logger(__name__)
@@ -111,3 +111,77 @@ def job_from_row(row: sqlite3.Row) -> Job:
         forced=bool(row["forced"]),
         details=JobDetails.from_json(json.loads(row["details"])),
     )
+
+
+def insert_instance(db: sqlite3.Connection, data_dir: Path, record: InstanceRecord, job_id: int) -> None:
+    """Add an ``instances`` row for ``record``, joined to job ``job_id``; the inverse of :func:`instance_from_row`."""
+    db.execute(
+        "INSERT INTO instances (sop_instance_uid, sop_class_uid, series_uid, study_uid, modality,"
+        " transfer_syntax_uid, calling_ae_title, path, received_at, job_id)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            record.sop_instance_uid,
+            record.sop_class_uid,
+            record.series_uid,
+            record.study_uid,
+            record.modality,
+            record.transfer_syntax_uid,
+            record.calling_ae_title,
+            _relative(data_dir, record.path),
+            record.received_at,
+            job_id,
+        ),
+    )
+
+
+def insert_job(db: sqlite3.Connection, record: InstanceRecord, state: JobState, now: float) -> int:
+    """Add a ``jobs`` row for the series of ``record``, its first instance; the new job's id."""
+    cursor = db.execute(
+        "INSERT INTO jobs (study_uid, series_uid, state, created_at, updated_at, last_instance_at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (record.study_uid, record.series_uid, state.value, now, now, record.received_at),
+    )
+    return int(cursor.lastrowid or 0)
+
+
+def write_state(
+    db: sqlite3.Connection,
+    job_id: int,
+    move: Transition,
+    reason: str | None,
+    details_json: str,
+    now: float,
+) -> None:
+    """Write a checked move into job ``job_id``'s row, with its new reason and (merged) details."""
+    db.execute(
+        "UPDATE jobs SET state = ?, reason = ?, details = ?, updated_at = ?, attempts = attempts + ?,"
+        # A force request is for the job while it is still open; leaving open clears it.
+        " forced = CASE WHEN ? THEN forced ELSE 0 END WHERE id = ?",
+        (
+            move.target.value,
+            reason,
+            details_json,
+            now,
+            int(move.counts_attempt),
+            move.target.is_open,
+            job_id,
+        ),
+    )
+
+
+def merged_details(stored_json: str, details: JobDetails | None) -> str:
+    """A row's ``details`` with ``details`` merged in, as JSON."""
+    # Merged as JSON, so a key this release does not know survives the write.
+    return json.dumps({**json.loads(stored_json), **(details.to_json() if details else {})})
+
+
+def unknown_job(job_id: int) -> InputError:
+    return InputError(f"no job with id {job_id}; list jobs with `ct2pet-node jobs list`")
+
+
+def _relative(data_dir: Path, path: Path) -> str:
+    # Inside data_dir a path is kept relative to it, so a data_dir moved whole keeps its spool.
+    try:
+        return str(Path(path).relative_to(data_dir))
+    except ValueError:
+        return str(path)

@@ -43,7 +43,17 @@ from ct2pet_node.domain.records import InstanceRecord
 from ct2pet_node.errors import InputError
 from ct2pet_node.spool.atomic import ensure_private_dir
 from ct2pet_node.spool.database import Database
-from ct2pet_node.spool.jobrows import SCHEMA_VERSION, instance_from_row, job_from_row, migrate
+from ct2pet_node.spool.jobrows import (
+    SCHEMA_VERSION,
+    insert_instance,
+    insert_job,
+    instance_from_row,
+    job_from_row,
+    merged_details,
+    migrate,
+    unknown_job,
+    write_state,
+)
 
 __all__ = ["DB_FILE_NAME", "SCHEMA_VERSION", "JobStore", "TransitionObserver"]
 
@@ -130,23 +140,7 @@ class JobStore:
             ).fetchone():
                 return False
             job_id, reopened = self._open_job_for(db, record, now)
-            db.execute(
-                "INSERT INTO instances (sop_instance_uid, sop_class_uid, series_uid, study_uid, modality,"
-                " transfer_syntax_uid, calling_ae_title, path, received_at, job_id)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.sop_instance_uid,
-                    record.sop_class_uid,
-                    record.series_uid,
-                    record.study_uid,
-                    record.modality,
-                    record.transfer_syntax_uid,
-                    record.calling_ae_title,
-                    self._relative(record.path),
-                    record.received_at,
-                    job_id,
-                ),
-            )
+            insert_instance(db, self.data_dir, record, job_id)
             db.execute(
                 "UPDATE jobs SET n_instances = (SELECT count(*) FROM instances WHERE series_uid = ?),"
                 " last_instance_at = max(last_instance_at, ?), updated_at = ? WHERE id = ?",
@@ -170,14 +164,9 @@ class JobStore:
         if latest is not None and JobState(latest["state"]).is_open:
             job_id = int(latest["id"])
             move = transition_for(job_id, JobState(latest["state"]), INITIAL_STATE)
-            self._write(db, job_id, move, None, latest["details"], None, now)
+            write_state(db, job_id, move, None, latest["details"], now)
             return job_id, move
-        cursor = db.execute(
-            "INSERT INTO jobs (study_uid, series_uid, state, created_at, updated_at, last_instance_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (record.study_uid, record.series_uid, INITIAL_STATE.value, now, now, record.received_at),
-        )
-        job_id = int(cursor.lastrowid or 0)
+        job_id = insert_job(db, record, INITIAL_STATE, now)
         log.info(
             "job_created",
             job_id=job_id,
@@ -279,12 +268,12 @@ class JobStore:
                 "SELECT state, details, n_instances FROM jobs WHERE id = ?", (job_id,)
             ).fetchone()
             if row is None:
-                raise InputError(f"no job with id {job_id}; list jobs with `ct2pet-node jobs list`")
+                raise unknown_job(job_id)
             if JobState(row["state"]) is not source:
                 return None
             if expected_n_instances is not None and row["n_instances"] != expected_n_instances:
                 return None
-            self._write(db, job_id, move, reason, row["details"], details, self._clock())
+            write_state(db, job_id, move, reason, merged_details(row["details"], details), self._clock())
         return self._committed(job_id, move, reason)
 
     def claim(self, job_id: int) -> Job | None:
@@ -293,33 +282,6 @@ class JobStore:
         A queue entry whose job was reopened or already taken is thereby skipped.
         """
         return self.transition(job_id, JobState.WAITING, JobState.PROCESSING)
-
-    def _write(
-        self,
-        db: sqlite3.Connection,
-        job_id: int,
-        move: Transition,
-        reason: str | None,
-        stored_details: str,
-        details: JobDetails | None,
-        now: float,
-    ) -> None:
-        # Merged as JSON, so a key this release does not know survives the write.
-        merged = {**json.loads(stored_details), **(details.to_json() if details else {})}
-        db.execute(
-            "UPDATE jobs SET state = ?, reason = ?, details = ?, updated_at = ?, attempts = attempts + ?,"
-            # A force request is for the job while it is still open; leaving open clears it.
-            " forced = CASE WHEN ? THEN forced ELSE 0 END WHERE id = ?",
-            (
-                move.target.value,
-                reason,
-                json.dumps(merged),
-                now,
-                int(move.counts_attempt),
-                move.target.is_open,
-                job_id,
-            ),
-        )
 
     def _committed(self, job_id: int, move: Transition, reason: str | None) -> Job:
         log.info(
@@ -370,7 +332,7 @@ class JobStore:
                 (json.dumps(list(uids)), self._clock(), job_id),
             )
             if cursor.rowcount == 0:
-                raise InputError(f"no job with id {job_id}; list jobs with `ct2pet-node jobs list`")
+                raise unknown_job(job_id)
 
     # Retention -----------------------------------------------------------------------------------
 
@@ -382,9 +344,10 @@ class JobStore:
         with self._transaction() as db:
             row = db.execute("SELECT details FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
-                raise InputError(f"no job with id {job_id}; list jobs with `ct2pet-node jobs list`")
-            merged = {**json.loads(row["details"]), **details.to_json()}
-            db.execute("UPDATE jobs SET details = ? WHERE id = ?", (json.dumps(merged), job_id))
+                raise unknown_job(job_id)
+            db.execute(
+                "UPDATE jobs SET details = ? WHERE id = ?", (merged_details(row["details"], details), job_id)
+            )
 
     def forget_spooled_series(self, job_id: int, expected: JobState) -> list[Path] | None:
         """Remove the spool files of job ``job_id``'s series and forget its instances; the removed paths.
@@ -409,11 +372,3 @@ class JobStore:
                 path.unlink(missing_ok=True)
             db.execute("DELETE FROM instances WHERE series_uid = ?", (row["series_uid"],))
         return paths
-
-    # Rows -> values ----------------------------------------------------------------------------
-
-    def _relative(self, path: Path) -> str:
-        try:
-            return str(Path(path).relative_to(self.data_dir))
-        except ValueError:
-            return str(path)

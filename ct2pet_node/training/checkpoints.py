@@ -12,8 +12,6 @@ either the old checkpoint or the new one, never half of one.
 from __future__ import annotations
 
 import math
-import pickle
-import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ct2pet_node.engine.release_files import read_torch_dict
 from ct2pet_node.errors import ConfigError, WeightsError
 from ct2pet_node.spool.atomic import UMASK_FILE_MODE, atomic_file
 
@@ -43,15 +42,7 @@ def load_payload(path: Path) -> dict[str, Any] | None:
     path = Path(path)
     if not path.is_file():
         return None
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise WeightsError(
-            f"checkpoint {path} is unreadable ({exc}); delete it to restart that stage"
-        ) from exc
-    if not isinstance(data, dict):
-        raise WeightsError(f"checkpoint {path} is not a training checkpoint; delete it to restart that stage")
-    return data
+    return read_torch_dict(path, "delete it to restart that stage")
 
 
 class Ema:

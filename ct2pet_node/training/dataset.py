@@ -13,7 +13,6 @@ down in :mod:`ct2pet_node.training.pairing`.
 from __future__ import annotations
 
 import fcntl
-import io
 import json
 import math
 import shutil
@@ -34,7 +33,7 @@ from ct2pet_node.domain.uids import require_uid
 from ct2pet_node.domain.volume import CtVolume
 from ct2pet_node.errors import InputError, SeriesRefused, StorageError
 from ct2pet_node.routing.qualify import qualify_series
-from ct2pet_node.spool.atomic import atomic_write, ensure_private_dir
+from ct2pet_node.spool.atomic import atomic_write, atomic_write_npy, ensure_private_dir
 from ct2pet_node.training.dataset_format import (
     ARRAY_NAMES,
     FORMAT_VERSION,
@@ -85,12 +84,6 @@ def _locked(out_dir: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-    return buffer.getvalue()
 
 
 def _pet_sop_uids_used(pet: PetSeries, paired: PairedSlices) -> tuple[str, ...]:
@@ -273,7 +266,7 @@ def build_dataset(
             "body_mask": body_mask(paired.ct_hu),
         }
         for name, array in arrays.items():
-            atomic_write(study_dir / f"{name}.npy", _npy_bytes(array))
+            atomic_write_npy(study_dir / f"{name}.npy", array)
         manifest["studies"] = [*others, entry.to_json()]
         try:
             text = json.dumps(manifest, indent=1, allow_nan=False)

@@ -12,17 +12,15 @@ Writes into REPORT_DIR:
 * ``panels/mip_coronal.png``: coronal MIPs of real and synthetic PET.
 
 Other reports (e.g. ``benchmarks/steps_curve.py``) reuse the parts without the
-files: :func:`load_evaluation_pair` prepares the slices once,
-:func:`score` runs a loaded pipeline on them and summarises.
+files: :func:`~ct2pet_node.training.evaluation_pair.load_evaluation_pair`
+prepares the slices once, :func:`score` runs a loaded pipeline on them and
+summarises.
 """
 
 from __future__ import annotations
 
-import math
-import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -31,33 +29,34 @@ import numpy as np
 import structlog
 from tqdm import tqdm
 
-from ct2pet_node.engine.pipeline import Pipeline, load_pipeline
-from ct2pet_node.engine.weights import WeightsManifest, load_manifest
+from ct2pet_node.engine import Pipeline, load_pipeline
+from ct2pet_node.engine.weights import load_manifest
 from ct2pet_node.errors import InputError, WeightsError
 from ct2pet_node.spool.atomic import UMASK_FILE_MODE, atomic_write_json
 from ct2pet_node.training import metrics
 from ct2pet_node.training.baseline import HuLookupBaseline, load_baseline
+from ct2pet_node.training.evaluation_pair import (
+    EvaluationPair,
+    load_dataset_pair,
+    load_evaluation_pair,
+    suv_range,
+)
 from ct2pet_node.training.panels import write_evaluation_panels
 from ct2pet_node.training.summary import METRIC_NAMES, slice_metrics, summarise
 
 __all__ = [
     "METRIC_DEFINITIONS",
     "METRIC_NAMES",
-    "EvaluationPair",
     "evaluate",
     "evaluate_arrays",
     "evaluate_dataset",
     "evaluate_pair",
-    "load_dataset_pair",
-    "load_evaluation_pair",
-    "parse_slices",
     "sampling",
     "score",
     "slice_metrics",
     "summarise",
     "synthesise",
 ]
-from ct2pet_node.training.train import read_dataset
 
 log = structlog.get_logger(__name__)
 
@@ -75,141 +74,6 @@ METRIC_DEFINITIONS: Mapping[str, str] = MappingProxyType(
         "baseline": "each 16-HU bin mapped to its mean SUV over the training slices",
     }
 )
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class EvaluationPair:
-    """Paired evaluation slices at the model's size, arrays (N, S, S) in position order.
-
-    Attributes
-    ----------
-    hu, suv : numpy.ndarray
-        float32 CT in HU and real PET in SUVbw.
-    body : numpy.ndarray
-        bool body mask (SUV errors are taken inside it).
-    data_range : float
-        R of PSNR and SSIM, SUVbw: the model's PET scale.
-    first_index : int
-        Slice index of ``hu[0]`` within its study.
-    study : str
-        CT series UID ("" when unknown).
-    z_over_x : float
-        Slice spacing / pixel spacing, for the coronal MIP's proportions.
-    """
-
-    hu: np.ndarray
-    suv: np.ndarray
-    body: np.ndarray
-    data_range: float
-    first_index: int = 0
-    study: str = ""
-    z_over_x: float = 1.0
-
-    def __post_init__(self) -> None:
-        paired = self.hu.shape == self.suv.shape == self.body.shape and self.hu.ndim == 3
-        if not (paired and self.hu.shape[0] and self.data_range > 0 and self.first_index >= 0):
-            raise InputError(
-                f"evaluation slices hu {self.hu.shape}, suv {self.suv.shape}, body {self.body.shape}, "
-                f"data range {self.data_range} SUV, first slice {self.first_index}: need paired non-empty "
-                "(N, S, S) arrays at the model size, a positive range and a slice index >= 0"
-            )
-
-    @property
-    def indices(self) -> list[int]:
-        """Slice index of every row within its study."""
-        return list(range(self.first_index, self.first_index + self.hu.shape[0]))
-
-    def summarise(self, synthetic: np.ndarray) -> dict[str, Any]:
-        """:func:`summarise` of synthetic PET (N, S, S) SUVbw against this pair."""
-        return summarise(synthetic, self.suv, self.body, self.data_range, self.indices)
-
-
-def parse_slices(text: str | None, count: int) -> tuple[int, int]:
-    """``"A:B"`` (half-open, either side may be empty) -> (first, stop) within ``count`` slices."""
-    if not text:
-        return 0, count
-    try:
-        a, b = text.split(":")
-        first = int(a) if a.strip() else 0
-        stop = int(b) if b.strip() else count
-    except ValueError as exc:
-        raise InputError(f"--slices {text!r} must look like A:B (slice indices, B excluded)") from exc
-    if not 0 <= first < stop <= count:
-        raise InputError(f"--slices {text!r} is outside 0:{count}; pick A < B within the study")
-    return first, stop
-
-
-def _suv_range(manifest: WeightsManifest, origin: object) -> float:
-    """The PET scale (SUVbw) of SUV-output weights: the data range of PSNR and SSIM."""
-    if manifest.output_units != "SUVbw":
-        raise WeightsError(
-            f"weights {origin} output {manifest.output_units!r}, not SUVbw; "
-            "evaluate compares SUV, so use weights trained by ct2pet-node train"
-        )
-    return float(manifest.pet_scaling.scale)
-
-
-def _refuse_another_field_of_view(manifest: WeightsManifest, data_dir: Path) -> None:
-    """A model sees anatomy at the pixel size it was trained at: evaluate it at that one."""
-    from ct2pet_node.training.dataset import load_dataset
-
-    dataset, frame = load_dataset(data_dir), manifest.frame
-    if not math.isclose(dataset.field_of_view_mm, frame.field_of_view_mm, rel_tol=1e-6):
-        raise InputError(
-            f"dataset {data_dir} covers {dataset.field_of_view_mm:g} mm in plane but model "
-            f"{manifest.model_id} was trained at {frame.field_of_view_mm:g} mm"
-            f"{' (assumed)' if frame.assumed else ''}; build the evaluation dataset with "
-            f"--field-of-view-mm {frame.field_of_view_mm:g}"
-        )
-
-
-def load_dataset_pair(
-    weights_dir: Path | str, data_dir: Path | str, slices: str | None, *, study: str | None = None
-) -> EvaluationPair:
-    """Slices A:B of one study of a built dataset (``study``: a CT series UID; default the first).
-
-    Raises
-    ------
-    InputError
-        The dataset's field of view is not the one the model was trained at.
-    """
-    manifest = load_manifest(Path(weights_dir))
-    data_range = _suv_range(manifest, weights_dir)
-    _refuse_another_field_of_view(manifest, Path(data_dir))
-    studies = read_dataset(Path(data_dir))
-    uid = study or next(iter(studies))
-    if uid not in studies:
-        raise InputError(f"study {uid!r} is not in dataset {data_dir} (it has {sorted(studies)})")
-    data = studies[uid]
-    first, stop = parse_slices(slices, data.hu.shape[0])
-    rows = slice(first, stop)
-    return EvaluationPair(
-        data.hu[rows], data.suv[rows], data.body[rows], data_range, first, uid, data.z_over_x
-    )
-
-
-def load_evaluation_pair(
-    weights_dir: Path | str, ct_dir: Path | str, pet_dir: Path | str, slices: str | None
-) -> EvaluationPair:
-    """Slices A:B (position order) of a CT series folder and its PET series folder, at the model's size.
-
-    The dataset builder pairs the series (resampled, PET in SUVbw, body mask)
-    into a temporary folder, as ``ct2pet-node evaluate`` does, at the model's
-    training geometry (its manifest's ``geometry``; the release's assumed
-    500 mm when unstated): the grid the node would show the CT to the model on.
-    """
-    from ct2pet_node.training.dataset import build_dataset
-
-    frame = load_manifest(Path(weights_dir)).frame
-    with tempfile.TemporaryDirectory(prefix="ct2pet-eval-") as tmp:
-        build_dataset(
-            Path(ct_dir),
-            Path(pet_dir),
-            Path(tmp) / "dataset",
-            size=frame.matrix,
-            field_of_view_mm=frame.field_of_view_mm,
-        )
-        return load_dataset_pair(weights_dir, Path(tmp) / "dataset", slices)
 
 
 def sampling(pipeline: Pipeline, steps: int | None, eta: float | None, seed: int) -> dict[str, Any]:
@@ -235,7 +99,7 @@ def synthesise(
     The noise of row k derives from (seed, ``pair.first_index`` + k), as the
     node seeds the same slices of the whole study.
     """
-    data_range = _suv_range(pipeline.manifest, pipeline.model_id)
+    data_range = suv_range(pipeline.manifest, pipeline.model_id)
     if pair.hu.shape[1:] != (pipeline.image_size,) * 2 or data_range != pair.data_range:
         raise InputError(
             f"evaluation slices {pair.hu.shape} with data range {pair.data_range} SUV do not fit model "
@@ -382,7 +246,7 @@ def evaluate_arrays(
         np.asarray(hu, dtype=np.float32),
         np.asarray(suv, dtype=np.float32),
         metrics.body_mask(hu) if body is None else np.asarray(body, dtype=bool),
-        _suv_range(manifest, weights_dir),
+        suv_range(manifest, weights_dir),
         first_index,
         study,
         z_over_x,
@@ -436,7 +300,7 @@ def evaluate(
     """Evaluate on a CT series folder and its PET series folder (DICOM), at the model's size.
 
     The pair is resampled and converted to SUVbw by the dataset builder into a
-    temporary folder (:func:`load_evaluation_pair`), then evaluated.
+    temporary folder (:func:`~ct2pet_node.training.evaluation_pair.load_evaluation_pair`), then evaluated.
     """
     pair = load_evaluation_pair(weights_dir, ct_dir, pet_dir, slices)
     return evaluate_pair(

@@ -18,7 +18,8 @@ import torch
 
 from ct2pet_node.domain.model_grid import ModelFrame
 from ct2pet_node.engine.bridge import BridgeSchedule
-from ct2pet_node.engine.weights import CtScaling, save_weights
+from ct2pet_node.engine.manifest import CtScaling
+from ct2pet_node.engine.weights import save_weights
 from ct2pet_node.spool.atomic import UMASK_FILE_MODE, atomic_write_json
 from ct2pet_node.training.baseline import HuLookupBaseline, save_baseline
 from ct2pet_node.training.config import TrainConfig

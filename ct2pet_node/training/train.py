@@ -31,8 +31,8 @@ import structlog
 import torch
 
 from ct2pet_node.domain.model_grid import ModelFrame
-from ct2pet_node.engine.pipeline import resolve_device
-from ct2pet_node.engine.weights import CtScaling, PetScaling
+from ct2pet_node.engine.device import resolve_device
+from ct2pet_node.engine.manifest import CtScaling, PetScaling
 from ct2pet_node.errors import InputError
 from ct2pet_node.training.baseline import fit_hu_baseline
 from ct2pet_node.training.checkpoints import final_path, load_payload, run_stage, save_atomic

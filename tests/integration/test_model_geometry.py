@@ -16,7 +16,8 @@ import pytest
 from ct2pet_node.config import load_config
 from ct2pet_node.dicom.resample import pet_on_grid, resample_in_plane
 from ct2pet_node.dicom.volume import build_ct_volume, scan_folder
-from ct2pet_node.domain.model_grid import AIR_HU, ALL_OPS, InPlaneOp
+from ct2pet_node.domain.inplane import ALL_OPS, InPlaneOp
+from ct2pet_node.domain.model_grid import AIR_HU
 from ct2pet_node.domain.volume import CtVolume, PetUnits, PetVolume
 from ct2pet_node.engine import load_pipeline
 from ct2pet_node.engine.pipeline import Pipeline

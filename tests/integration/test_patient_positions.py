@@ -17,7 +17,7 @@ from ctfactory import make_ct_series
 from pydicom.dataset import Dataset
 
 from ct2pet_node.config import Config, load_config
-from ct2pet_node.domain.model_grid import ALL_OPS, InPlaneOp
+from ct2pet_node.domain.inplane import ALL_OPS, InPlaneOp
 from ct2pet_node.engine import load_pipeline
 from ct2pet_node.engine.pipeline import Pipeline
 from ct2pet_node.service.convert import convert_folder

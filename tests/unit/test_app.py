@@ -12,8 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ctfactory import make_ct_series
 from fakes import FakeModel
 from jobpaths import move_to
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
 
 from ct2pet_node import app
 from ct2pet_node.config import Config, Destination, load_config
@@ -170,6 +173,28 @@ def test_engine_fast_path_keys_reach_the_loaded_pipeline(tiny_weights: Path, tmp
     # eta left open in the config is the model's own, from its manifest (the tiny release's is 0).
     manifest = json.loads((tiny_weights / "manifest.json").read_text())
     assert pipeline.default_eta == manifest["architecture"]["bridge"]["eta"] == 0.0
+
+
+def test_a_refused_instance_reaches_the_rejected_metric(tmp_path: Path) -> None:
+    config = _config(tmp_path / "data")
+    full = dataclasses.replace(config, node=dataclasses.replace(config.node, min_free_mb=10**9))
+    built = app.build_server(full, translator=FakeTranslator())
+    [path] = make_ct_series(tmp_path / "ct", n=1)
+    try:
+        built.start()
+        scu = AE(ae_title="SCANNER")
+        scu.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        association = scu.associate("127.0.0.1", built.components.scp.port, ae_title=full.node.ae_title)
+        assert association.is_established
+        try:
+            assert association.send_c_store(path).Status == 0xA700  # the watermark: "out of resources"
+        finally:
+            association.release()
+        # Rendered while the node runs: some values are read from its job store at scrape time.
+        text = built.components.metrics.render().decode()
+    finally:
+        built.stop()
+    assert 'ct2pet_instances_rejected_total{status="0xA700"} 1.0' in text
 
 
 def test_the_listener_counts_reach_status_and_metrics(server: Server) -> None:

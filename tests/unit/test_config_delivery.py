@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ct2pet_node.app import scu_timeouts
-from ct2pet_node.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_DELAYS_SECONDS, load_config
+from ct2pet_node.config import load_config
 from ct2pet_node.errors import ConfigError
 from ct2pet_node.routing.delivery import DEFAULT_SCHEDULE
 
@@ -22,10 +22,6 @@ def test_the_embedded_default_is_the_delivery_modules_schedule_and_node_timeout(
     config = load_config()
     assert config.delivery.retry_delays_seconds == DEFAULT_SCHEDULE.delays_seconds
     assert config.delivery.max_attempts == DEFAULT_SCHEDULE.max_attempts
-    assert (
-        DEFAULT_SCHEDULE.delays_seconds,
-        DEFAULT_SCHEDULE.max_attempts,
-    ) == (DEFAULT_RETRY_DELAYS_SECONDS, DEFAULT_MAX_ATTEMPTS)
     timeouts = scu_timeouts(config)
     network = config.node.network_timeout_seconds
     assert (timeouts.connect_seconds, timeouts.acse_seconds, timeouts.dimse_seconds) == (network,) * 3

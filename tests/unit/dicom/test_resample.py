@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from ct2pet_node.dicom.resample import pet_on_grid, resample_in_plane
-from ct2pet_node.domain.model_grid import ALL_OPS, ModelFrame, plan_model_grid
+from ct2pet_node.domain.inplane import ALL_OPS
+from ct2pet_node.domain.model_grid import ModelFrame, plan_model_grid
 from ct2pet_node.domain.volume import CtVolume, PetUnits, PetVolume, SourceSlice
 from ct2pet_node.errors import InputError
 

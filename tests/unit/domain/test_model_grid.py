@@ -5,14 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ct2pet_node.domain.inplane import ALL_OPS, InPlaneOp, orientation_op
 from ct2pet_node.domain.model_grid import (
     AIR_HU,
-    ALL_OPS,
     HEAD_FIRST_SUPINE,
-    InPlaneOp,
     ModelFrame,
     body_extent,
-    orientation_op,
     plan_model_grid,
 )
 from ct2pet_node.errors import InputError
@@ -49,6 +47,13 @@ def test_every_op_is_inverted_and_moves_its_affine_with_the_pixels(op: InPlaneOp
     index = np.arange(35).reshape(5, 7)
     came_from = op.apply(index)
     np.testing.assert_allclose(positions, original.reshape(35, 3)[came_from], atol=1e-9)
+
+
+@pytest.mark.parametrize("op", ALL_OPS, ids=InPlaneOp.describe)
+def test_a_box_is_moved_as_the_pixels_it_holds(op: InPlaneOp) -> None:
+    inside = np.full((1, 9, 13), AIR_HU)
+    inside[0, 2:5, 7:12] = 1000.0
+    assert op.apply_to_box((2, 5, 7, 12), (9, 13)) == body_extent(op.apply(inside))
 
 
 @pytest.mark.parametrize("op", ALL_OPS, ids=InPlaneOp.describe)

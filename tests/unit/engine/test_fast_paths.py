@@ -11,7 +11,7 @@ import structlog
 import torch
 
 from ct2pet_node.config import ENGINE_COUNTS, ENGINE_SWITCHES, load_config
-from ct2pet_node.engine import fast_paths
+from ct2pet_node.engine import Pipeline, fast_paths, load_pipeline
 from ct2pet_node.engine.fast_paths import CompiledOrEager, GraphedCall, cuda_math
 from ct2pet_node.engine.options import (
     CPU_BATCH,
@@ -26,7 +26,6 @@ from ct2pet_node.engine.options import (
     estimate_footprint,
     resolve_options,
 )
-from ct2pet_node.engine.pipeline import Pipeline, load_pipeline
 from ct2pet_node.errors import EngineError
 
 EXACT = EngineOptions(channels_last=False, compile=False, cuda_graphs=False, overlap=False)

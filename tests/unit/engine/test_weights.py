@@ -11,16 +11,13 @@ import numpy as np
 import pytest
 import torch
 
+from ct2pet_node.engine.manifest import RELEASE_CALIBRATION, CtScaling, PetScaling, release_normalisation
 from ct2pet_node.engine.networks import RELEASE_CONFIG
 from ct2pet_node.engine.release import import_release_files as import_release
 from ct2pet_node.engine.weights import (
-    RELEASE_CALIBRATION,
-    CtScaling,
-    PetScaling,
     find_weights,
     load_manifest,
     load_state_dicts,
-    release_normalisation,
     save_weights,
     verify_weights,
 )

@@ -6,6 +6,7 @@ import dataclasses
 import socket
 import struct
 import time
+from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
 
@@ -93,7 +94,13 @@ def raw_instance(path: Path, meta_sop: str, body_sop: str, tail: bytes = b"") ->
     return path
 
 
-def config_for(data_dir: Path, allowed: tuple[str, ...] = (), min_free_mb: int = 0, **node: object) -> Config:
+def config_for(
+    data_dir: Path,
+    allowed: tuple[str, ...] = (),
+    min_free_mb: int = 0,
+    max_instance_mb: int = 512,
+    **node: object,
+) -> Config:
     config = load_config()
     node_config = dataclasses.replace(
         config.node,
@@ -103,27 +110,37 @@ def config_for(data_dir: Path, allowed: tuple[str, ...] = (), min_free_mb: int =
         network_timeout_seconds=5,
         **node,  # type: ignore[arg-type]
     )
-    security = dataclasses.replace(config.security, allowed_calling_ae_titles=allowed)
+    security = dataclasses.replace(
+        config.security, allowed_calling_ae_titles=allowed, max_instance_mb=max_instance_mb
+    )
     return dataclasses.replace(config, node=node_config, security=security)
 
 
 class Harness:
     def __init__(
-        self, data_dir: Path, allowed: tuple[str, ...] = (), min_free_mb: int = 0, **node: object
+        self,
+        data_dir: Path,
+        allowed: tuple[str, ...] = (),
+        min_free_mb: int = 0,
+        on_stored: Callable[[InstanceRecord], None] | None = None,
+        max_instance_mb: int = 512,
+        **node: object,
     ) -> None:
-        self.config = config_for(data_dir, allowed, min_free_mb, **node)
+        self.config = config_for(data_dir, allowed, min_free_mb, max_instance_mb, **node)
         self.spool = InstanceSpool(data_dir, self.config.node.min_free_mb)
         self.store = JobStore.open(data_dir)
         self.stored: list[InstanceRecord] = []
         self.released: list[AssociationReleased] = []
+        self.refused: list[int] = []
         self.scp = StorageScp(
             self.config.node,
             self.config.security,
             self.spool,
             self.store,
-            self.stored.append,
+            on_stored or self.stored.append,
             address=("127.0.0.1", 0),
             on_released=self.released.append,
+            on_refused=self.refused.append,
         )
         self.scp.start()
 
@@ -292,6 +309,14 @@ def test_free_space_watermark_answers_a700(tmp_path: Path) -> None:
         harness.close()
 
 
+def test_each_refusal_is_reported_with_its_status_and_a_stored_instance_is_not(harness: Harness) -> None:
+    assert harness.send(ct_dataset(1)) == SUCCESS
+    harness.spool.min_free_mb = 10**9  # the data directory is "full" from here on
+    assert harness.send(ct_dataset(2)) == OUT_OF_RESOURCES
+    assert harness.refused == [OUT_OF_RESOURCES]
+    assert len(harness.stored) == 1
+
+
 def test_a_failing_write_answers_a700_and_logs_store_failed(harness: Harness, tmp_path: Path) -> None:
     (tmp_path / "data" / "spool" / STUDY).write_bytes(b"in the way")  # the study folder cannot be made
     with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
@@ -302,12 +327,10 @@ def test_a_failing_write_answers_a700_and_logs_store_failed(harness: Harness, tm
 
 
 def test_a_failing_notification_still_answers_success(tmp_path: Path) -> None:
-    harness = Harness(tmp_path / "data")
-
     def broken(_: InstanceRecord) -> None:
         raise RuntimeError("router gone")
 
-    harness.scp.intake._on_stored = broken
+    harness = Harness(tmp_path / "data", on_stored=broken)
     try:
         assert harness.send(ct_dataset(1)) == SUCCESS
         assert len(harness.store.instances_of(SERIES)) == 1
@@ -367,8 +390,7 @@ def test_other_sop_classes_are_acknowledged_counted_and_dropped(harness: Harness
 
 
 def test_a_dropped_instance_is_not_held_in_memory_whatever_its_size(tmp_path: Path) -> None:
-    harness = Harness(tmp_path / "data")
-    harness.scp._max_instance_bytes = 1024 * 1024  # what max_instance_mb = 1 sets
+    harness = Harness(tmp_path / "data", max_instance_mb=1)
     try:
         big = other_dataset(PositronEmissionTomographyImageStorage, "PT", 1)
         big.Rows = big.Columns = 1024

@@ -8,10 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ct2pet_node.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_DELAYS_SECONDS
 from ct2pet_node.routing.delivery import (
     DEFAULT_SCHEDULE,
-    MAX_ATTEMPTS,
-    RETRY_DELAYS_SECONDS,
     DeliveryOutcome,
     EntryState,
     InstanceResult,
@@ -93,12 +92,15 @@ def test_default_schedule_starts_short_and_caps_at_an_hour() -> None:
     delays = [next_attempt_at(n, now) for n in range(1, 6)]
     assert delays == [now + 10, now + 30, now + 60, now + 120, now + 300]
     assert next_attempt_at(20, now) == now + 3600
-    assert next_attempt_at(MAX_ATTEMPTS - 1, now) == now + 3600
-    assert next_attempt_at(MAX_ATTEMPTS, now) is None
+    assert next_attempt_at(DEFAULT_MAX_ATTEMPTS - 1, now) == now + 3600
+    assert next_attempt_at(DEFAULT_MAX_ATTEMPTS, now) is None
 
 
 def test_default_schedule_gives_up_after_about_a_day() -> None:
-    total = sum(RETRY_DELAYS_SECONDS[min(n, len(RETRY_DELAYS_SECONDS)) - 1] for n in range(1, MAX_ATTEMPTS))
+    total = sum(
+        DEFAULT_RETRY_DELAYS_SECONDS[min(n, len(DEFAULT_RETRY_DELAYS_SECONDS)) - 1]
+        for n in range(1, DEFAULT_MAX_ATTEMPTS)
+    )
     assert 20 * 3600 <= total <= 26 * 3600
 
 
@@ -170,7 +172,7 @@ def test_cancelled_attempt_does_not_count() -> None:
 
 def test_default_schedule_is_the_documented_one() -> None:
     assert DEFAULT_SCHEDULE.delays_seconds[:5] == (10, 30, 60, 120, 300)
-    assert DEFAULT_SCHEDULE.max_attempts == MAX_ATTEMPTS
+    assert DEFAULT_SCHEDULE.max_attempts == DEFAULT_MAX_ATTEMPTS
 
 
 @pytest.mark.parametrize(

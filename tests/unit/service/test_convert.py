@@ -6,6 +6,7 @@ import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Unpack
 
 import numpy as np
 import pydicom
@@ -16,6 +17,7 @@ from fakes import FakeModel
 
 from ct2pet_node.cli import main
 from ct2pet_node.config import Config, load_config
+from ct2pet_node.domain.request import TranslationRequest
 from ct2pet_node.errors import EngineError, InputError
 from ct2pet_node.service.convert import convert_folder
 
@@ -25,17 +27,8 @@ class FakeTranslator(FakeModel):
         self.value = value
         self.progress_calls: list[tuple[int, int]] = []
 
-    def translate_region(
-        self,
-        hu: np.ndarray,
-        kvp: float | None = None,
-        steps: int | None = None,
-        eta: float | None = None,
-        seed: int | None = None,
-        progress: Callable[[int, int], None] | None = None,
-        first_slice_index: int = 0,
-    ) -> np.ndarray:
-        if progress is not None:
+    def translate_region(self, hu: np.ndarray, **request: Unpack[TranslationRequest]) -> np.ndarray:
+        if (progress := request.get("progress")) is not None:
             progress(hu.shape[0], hu.shape[0])
         out = np.clip((hu + 1000.0) / 2000.0, 0.0, 1.0).astype(np.float32)
         if self.value is not None:

@@ -4,25 +4,26 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Unpack
 
 import numpy as np
-import pydicom
 from ctfactory import make_ct_series
 from fakes import FakeModel
+from jobpaths import receive_files
 
 from ct2pet_node.config import Destination, load_config
 from ct2pet_node.domain.jobs import Job, JobState
-from ct2pet_node.domain.records import InstanceRecord
-from ct2pet_node.domain.uids import AeTitle, SeriesUid, SopInstanceUid, StudyUid, Uid
+from ct2pet_node.domain.request import TranslationRequest
+from ct2pet_node.domain.uids import SeriesUid, StudyUid
 from ct2pet_node.routing.delivery import InstanceResult
+from ct2pet_node.service.checkpoints import checkpointed_slices
 from ct2pet_node.service.metrics import NodeMetrics
 from ct2pet_node.service.progress import JobProgress, ProgressBoard, iso_utc, job_progress
 from ct2pet_node.service.queue import InProcessQueue
 from ct2pet_node.service.sender import Sender
-from ct2pet_node.service.worker import EngineWorker, checkpointed_slices
+from ct2pet_node.service.worker import EngineWorker
 from ct2pet_node.spool.jobstore import JobStore
 from ct2pet_node.spool.outbox import Outbox
 
@@ -141,41 +142,12 @@ class ReportingTranslator(FakeModel):
         self.board = board
         self.seen: list[JobProgress | None] = []
 
-    def translate_region(
-        self,
-        hu: np.ndarray,
-        kvp: float | None = None,
-        steps: int | None = None,
-        eta: float | None = None,
-        seed: int | None = None,
-        progress: Callable[[int, int], None] | None = None,
-        first_slice_index: int = 0,
-    ) -> np.ndarray:
+    def translate_region(self, hu: np.ndarray, **request: Unpack[TranslationRequest]) -> np.ndarray:
+        progress = request.get("progress")
         assert progress is not None
         progress(hu.shape[0], 2 * hu.shape[0])
         self.seen.append(self.board.get(1))
         return np.clip((hu + 1000.0) / 2000.0, 0.0, 1.0).astype(np.float32)
-
-
-def _record(store: JobStore, paths: Sequence[Path]) -> int:
-    for path in paths:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        store.record_instance(
-            InstanceRecord(
-                sop_instance_uid=SopInstanceUid(ds.SOPInstanceUID),
-                sop_class_uid=Uid(ds.SOPClassUID),
-                series_uid=SeriesUid(ds.SeriesInstanceUID),
-                study_uid=StudyUid(ds.StudyInstanceUID),
-                modality=str(ds.Modality),
-                transfer_syntax_uid=Uid(ds.file_meta.TransferSyntaxUID),
-                calling_ae_title=AeTitle("TEST"),
-                path=path,
-                received_at=time.time(),
-            )
-        )
-    [job] = store.list_jobs()
-    store.transition(job.id, JobState.RECEIVED, JobState.WAITING)
-    return job.id
 
 
 def test_the_engine_worker_shows_slices_done_of_total_while_it_translates(tmp_path: Path) -> None:
@@ -189,7 +161,7 @@ def test_the_engine_worker_shows_slices_done_of_total_while_it_translates(tmp_pa
     board = ProgressBoard()
     translator = ReportingTranslator(board)
     with JobStore.open(tmp_path / "data") as store:
-        job_id = _record(store, make_ct_series(tmp_path / "ct", n=10, rows=32, cols=32))
+        job_id = receive_files(store, make_ct_series(tmp_path / "ct", n=10, rows=32, cols=32))
         worker = EngineWorker(
             config,
             store,

@@ -8,21 +8,21 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Unpack
 
 import numpy as np
 import pydicom
 import pytest
 from ctfactory import make_ct_series
 from fakes import FakeModel
+from jobpaths import receive_files
 
 from ct2pet_node.config import Config, Destination, load_config
 from ct2pet_node.domain.jobs import JobDetails, JobState
 from ct2pet_node.domain.output_uids import PET, output_series_uid
-from ct2pet_node.domain.records import InstanceRecord
-from ct2pet_node.domain.uids import AeTitle, SeriesUid, SopInstanceUid, StudyUid, Uid
+from ct2pet_node.domain.request import TranslationRequest
 from ct2pet_node.errors import InputError
 from ct2pet_node.routing.delivery import EntryState, InstanceResult
 from ct2pet_node.service.metrics import NodeMetrics
@@ -42,16 +42,7 @@ SLICES = 6
 class Translator(FakeModel):
     """HU mapped linearly to [0, 1]."""
 
-    def translate_region(
-        self,
-        hu: np.ndarray,
-        kvp: float | None = None,
-        steps: int | None = None,
-        eta: float | None = None,
-        seed: int | None = None,
-        progress: Callable[[int, int], None] | None = None,
-        first_slice_index: int = 0,
-    ) -> np.ndarray:
+    def translate_region(self, hu: np.ndarray, **request: Unpack[TranslationRequest]) -> np.ndarray:
         return np.clip((hu + 1000.0) / 2000.0, 0.0, 1.0).astype(np.float32)
 
 
@@ -136,28 +127,6 @@ def open_node(tmp_path: Path, peers: Peers) -> Iterator[Callable[..., Node]]:
         node.close()
 
 
-def _receive(store: JobStore, paths: Sequence[Path]) -> int:
-    """Record ``paths`` and move their job to WAITING, as the SCP and the router would."""
-    for path in paths:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        store.record_instance(
-            InstanceRecord(
-                sop_instance_uid=SopInstanceUid(ds.SOPInstanceUID),
-                sop_class_uid=Uid(ds.SOPClassUID),
-                series_uid=SeriesUid(ds.SeriesInstanceUID),
-                study_uid=StudyUid(ds.StudyInstanceUID),
-                modality=str(ds.Modality),
-                transfer_syntax_uid=Uid(ds.file_meta.TransferSyntaxUID),
-                calling_ae_title=AeTitle("TEST"),
-                path=path,
-                received_at=time.time(),
-            )
-        )
-    job = store.list_jobs()[-1]
-    assert store.transition(job.id, JobState.RECEIVED, JobState.WAITING) is not None
-    return job.id
-
-
 def _run_to_the_end(node: Node, job_id: int) -> JobState:
     """Engine, then sender, until the job settles."""
     node.worker.process(job_id)
@@ -171,7 +140,7 @@ def test_resend_to_a_destination_added_after_the_job_was_done(
     open_node: Callable[..., Node], peers: Peers, ct_paths: list[Path]
 ) -> None:
     before = open_node(PACS)
-    job_id = _receive(before.store, ct_paths)
+    job_id = receive_files(before.store, ct_paths)
     assert _run_to_the_end(before, job_id) is JobState.DONE
     first = list(peers.received["pacs"])
     assert len(first) == SLICES
@@ -199,7 +168,7 @@ def test_resend_without_to_sends_to_every_destination_again_while_the_node_runs(
     open_node: Callable[..., Node], peers: Peers, ct_paths: list[Path]
 ) -> None:
     node = open_node(PACS, ARCHIVE)
-    job_id = _receive(node.store, ct_paths)
+    job_id = receive_files(node.store, ct_paths)
     assert _run_to_the_end(node, job_id) is JobState.DONE
 
     resend_job(node.config, job_id)
@@ -214,7 +183,7 @@ def test_resend_refuses_unknown_destinations_unfinished_jobs_and_missing_results
     open_node: Callable[..., Node], ct_paths: list[Path]
 ) -> None:
     node = open_node(PACS)
-    job_id = _receive(node.store, ct_paths)
+    job_id = receive_files(node.store, ct_paths)
     with pytest.raises(InputError, match="job 1 is waiting: it has no results yet"):
         resend_job(node.config, job_id)
     assert _run_to_the_end(node, job_id) is JobState.DONE
@@ -240,7 +209,7 @@ def test_rerun_with_the_same_model_makes_the_same_series_and_delivers_it_again(
     open_node: Callable[..., Node], peers: Peers, ct_paths: list[Path]
 ) -> None:
     node = open_node(PACS)
-    job_id = _receive(node.store, ct_paths)
+    job_id = receive_files(node.store, ct_paths)
     assert _run_to_the_end(node, job_id) is JobState.DONE
     done = node.store.get_job(job_id)
     assert done is not None
@@ -261,7 +230,7 @@ def test_rerun_with_another_model_makes_a_new_series_and_leaves_no_stale_files(
     open_node: Callable[..., Node], peers: Peers, ct_paths: list[Path]
 ) -> None:
     old = open_node(PACS)
-    job_id = _receive(old.store, ct_paths)
+    job_id = receive_files(old.store, ct_paths)
     assert _run_to_the_end(old, job_id) is JobState.DONE
     done = old.store.get_job(job_id)
     assert done is not None and done.details.results_dir is not None
@@ -286,7 +255,7 @@ def test_rerun_refuses_jobs_in_progress_refused_older_generations_and_a_purged_s
     open_node: Callable[..., Node], ct_paths: list[Path], tmp_path: Path
 ) -> None:
     node = open_node()
-    job_id = _receive(node.store, ct_paths)
+    job_id = receive_files(node.store, ct_paths)
     with pytest.raises(InputError, match="job 1 is waiting: it is still on its way"):
         rerun_job(node.config, job_id)
     assert _run_to_the_end(node, job_id) is JobState.DONE
@@ -298,6 +267,6 @@ def test_rerun_refuses_jobs_in_progress_refused_older_generations_and_a_purged_s
     late = pydicom.dcmread(ct_paths[1])
     late.SOPInstanceUID = late.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.99.1"
     late.save_as(tmp_path / "late.dcm")
-    _receive(node.store, [tmp_path / "late.dcm"])  # a late instance starts the series' next job
+    receive_files(node.store, [tmp_path / "late.dcm"])  # a late instance starts the series' next job
     with pytest.raises(InputError, match=r"job 1 is not its series' latest job .*rerun job 2"):
         rerun_job(node.config, job_id)

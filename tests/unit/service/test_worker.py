@@ -6,17 +6,17 @@ import dataclasses
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Unpack
 
 import numpy as np
-import pydicom
 import pytest
 from ctfactory import make_ct_series
 from fakes import FakeModel
+from jobpaths import receive_files
 
 from ct2pet_node.config import Config, Destination, load_config
 from ct2pet_node.domain.jobs import JobState
-from ct2pet_node.domain.records import InstanceRecord
-from ct2pet_node.domain.uids import AeTitle, SeriesUid, SopInstanceUid, StudyUid, Uid
+from ct2pet_node.domain.request import TranslationRequest
 from ct2pet_node.errors import EngineError
 from ct2pet_node.service.metrics import NodeMetrics
 from ct2pet_node.service.queue import InProcessQueue
@@ -36,16 +36,8 @@ class FakeTranslator(FakeModel):
         self.states_seen: list[JobState] = []
         self.store: JobStore | None = None
 
-    def translate_region(
-        self,
-        hu: np.ndarray,
-        kvp: float | None = None,
-        steps: int | None = None,
-        eta: float | None = None,
-        seed: int | None = None,
-        progress: Callable[[int, int], None] | None = None,
-        first_slice_index: int = 0,
-    ) -> np.ndarray:
+    def translate_region(self, hu: np.ndarray, **request: Unpack[TranslationRequest]) -> np.ndarray:
+        first_slice_index = request.get("first_slice_index", 0)
         self.first_slices.append(first_slice_index)
         if self.store is not None:
             job = self.store.list_jobs()[-1]
@@ -64,29 +56,6 @@ def _config(data_dir: Path, *, min_slices: int = 5, destinations: Sequence[Desti
         engine=dataclasses.replace(config.engine, steps=3, device="cpu"),
         destinations=tuple(destinations),
     )
-
-
-def _waiting_job(store: JobStore, paths: Sequence[Path]) -> int:
-    """Record ``paths`` as received instances and move their job to WAITING, as the router would."""
-    for path in paths:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        store.record_instance(
-            InstanceRecord(
-                sop_instance_uid=SopInstanceUid(ds.SOPInstanceUID),
-                sop_class_uid=Uid(ds.SOPClassUID),
-                series_uid=SeriesUid(ds.SeriesInstanceUID),
-                study_uid=StudyUid(ds.StudyInstanceUID),
-                modality=str(ds.Modality),
-                transfer_syntax_uid=Uid(ds.file_meta.TransferSyntaxUID),
-                calling_ae_title=AeTitle("TEST"),
-                path=path,
-                received_at=time.time(),
-            )
-        )
-    job = store.job_for_series(str(pydicom.dcmread(paths[0], stop_before_pixels=True).SeriesInstanceUID))
-    assert job is not None
-    store.transition(job.id, JobState.RECEIVED, JobState.WAITING)
-    return job.id
 
 
 @pytest.fixture
@@ -121,7 +90,7 @@ def _worker(
 def test_a_job_without_destination_is_translated_written_and_done(
     tmp_path: Path, store: JobStore, ct_paths: list[Path]
 ) -> None:
-    job_id = _waiting_job(store, ct_paths)
+    job_id = receive_files(store, ct_paths)
     translator = FakeTranslator()
     translator.store = store
     worker = _worker(_config(tmp_path / "data"), store, translator)
@@ -145,7 +114,7 @@ def test_a_job_without_destination_is_translated_written_and_done(
 def test_a_job_with_a_destination_goes_to_sending_with_every_file(
     tmp_path: Path, store: JobStore, ct_paths: list[Path]
 ) -> None:
-    job_id = _waiting_job(store, ct_paths)
+    job_id = receive_files(store, ct_paths)
     submitted: list[tuple[int, list[Path], JobState]] = []
 
     def submit(job: int, paths: Sequence[Path]) -> bool:
@@ -175,8 +144,8 @@ def _raise(error: BaseException) -> Callable[[int], None]:
 
 
 class NanTranslator(FakeTranslator):
-    def translate_region(self, hu: np.ndarray, **kwargs: object) -> np.ndarray:  # type: ignore[override]
-        out = super().translate_region(hu, **kwargs)  # type: ignore[arg-type]
+    def translate_region(self, hu: np.ndarray, **request: Unpack[TranslationRequest]) -> np.ndarray:
+        out = super().translate_region(hu, **request)
         out[0, 0, 0] = np.nan
         return out
 
@@ -194,7 +163,7 @@ class NanTranslator(FakeTranslator):
 def test_engine_errors_fail_the_job_with_a_clear_reason(
     tmp_path: Path, store: JobStore, ct_paths: list[Path], translator: FakeTranslator, reason: str
 ) -> None:
-    job_id = _waiting_job(store, ct_paths)
+    job_id = receive_files(store, ct_paths)
     worker = _worker(_config(tmp_path / "data"), store, translator)
 
     assert worker.process(job_id) is JobState.FAILED
@@ -206,8 +175,8 @@ def test_engine_errors_fail_the_job_with_a_clear_reason(
 
 
 def test_the_worker_thread_serves_the_next_job_after_a_failure(tmp_path: Path, store: JobStore) -> None:
-    first = _waiting_job(store, make_ct_series(tmp_path / "a", n=SLICES, name="a", rows=32, cols=32))
-    second = _waiting_job(store, make_ct_series(tmp_path / "b", n=SLICES, name="b", rows=32, cols=32))
+    first = receive_files(store, make_ct_series(tmp_path / "a", n=SLICES, name="a", rows=32, cols=32))
+    second = receive_files(store, make_ct_series(tmp_path / "b", n=SLICES, name="b", rows=32, cols=32))
     calls = {"n": 0}
 
     def fail_once(_: int) -> None:
@@ -236,7 +205,7 @@ def test_the_worker_thread_serves_the_next_job_after_a_failure(tmp_path: Path, s
 def test_a_stop_mid_translation_checkpoints_and_the_next_run_reuses_finished_chunks(
     tmp_path: Path, store: JobStore, ct_paths: list[Path]
 ) -> None:
-    job_id = _waiting_job(store, ct_paths)
+    job_id = receive_files(store, ct_paths)
     config = _config(tmp_path / "data")
     holder: list[EngineWorker] = []
 
@@ -266,7 +235,7 @@ def test_a_stop_mid_translation_checkpoints_and_the_next_run_reuses_finished_chu
 def test_checkpoints_are_not_reused_for_other_sampling_settings(
     tmp_path: Path, store: JobStore, ct_paths: list[Path]
 ) -> None:
-    job_id = _waiting_job(store, ct_paths)
+    job_id = receive_files(store, ct_paths)
     config = _config(tmp_path / "data")
     holder: list[EngineWorker] = []
     holder.append(_worker(config, store, FakeTranslator(lambda first: holder[0].stop())))
@@ -281,7 +250,7 @@ def test_checkpoints_are_not_reused_for_other_sampling_settings(
 def test_refusal_at_requalification_refuses_the_job(
     tmp_path: Path, store: JobStore, ct_paths: list[Path]
 ) -> None:
-    job_id = _waiting_job(store, ct_paths)
+    job_id = receive_files(store, ct_paths)
     translator = FakeTranslator()
     worker = _worker(_config(tmp_path / "data", min_slices=SLICES + 1), store, translator)
 
@@ -294,7 +263,7 @@ def test_refusal_at_requalification_refuses_the_job(
 
 
 def test_a_job_that_is_not_waiting_is_skipped(tmp_path: Path, store: JobStore, ct_paths: list[Path]) -> None:
-    job_id = _waiting_job(store, ct_paths)
+    job_id = receive_files(store, ct_paths)
     store.transition(
         job_id, JobState.WAITING, JobState.RECEIVED
     )  # reopened by a late instance after it was queued
@@ -305,7 +274,7 @@ def test_a_job_that_is_not_waiting_is_skipped(tmp_path: Path, store: JobStore, c
 
 def test_an_idle_worker_finds_waiting_jobs_nobody_queued(tmp_path: Path, store: JobStore) -> None:
     # As after `ct2pet-node jobs retry` in another process: the job is WAITING, the queue is empty.
-    job_id = _waiting_job(store, make_ct_series(tmp_path / "ct", n=SLICES, rows=32, cols=32))
+    job_id = receive_files(store, make_ct_series(tmp_path / "ct", n=SLICES, rows=32, cols=32))
     worker = EngineWorker(
         _config(tmp_path / "data"),
         store,
@@ -332,7 +301,7 @@ def test_an_idle_worker_finds_waiting_jobs_nobody_queued(tmp_path: Path, store: 
 def test_written_results_come_with_previews_sampling_and_seconds_per_phase(
     tmp_path: Path, store: JobStore, ct_paths: list[Path]
 ) -> None:
-    job_id = _waiting_job(store, ct_paths)
+    job_id = receive_files(store, ct_paths)
     worker = _worker(_config(tmp_path / "data"), store, FakeTranslator())
     before = time.time()
     assert worker.process(job_id) is JobState.DONE

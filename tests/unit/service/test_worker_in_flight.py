@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from ctfactory import make_ct_series
 from fakes import FakeModel
-from unit.service.test_worker import _config, _waiting_job
+from jobpaths import receive_files
+from unit.service.test_worker import _config
 
 from ct2pet_node.domain.jobs import JobState
 from ct2pet_node.service.metrics import NodeMetrics
@@ -49,7 +50,7 @@ def store(tmp_path: Path) -> Iterator[JobStore]:
 
 def _two_jobs(tmp_path: Path, store: JobStore, queue: InProcessQueue) -> list[int]:
     jobs = [
-        _waiting_job(store, make_ct_series(tmp_path / name, n=SLICES, name=name, rows=32, cols=32))
+        receive_files(store, make_ct_series(tmp_path / name, n=SLICES, name=name, rows=32, cols=32))
         for name in ("a", "b")
     ]
     assert jobs[0] != jobs[1]

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from jobpaths import receive_files
 from unit.service.test_worker import (
     CHUNK,
     SLICES,
     FakeTranslator,
     _config,
-    _waiting_job,
     _worker,
     ct_paths,
     store,
@@ -66,7 +66,7 @@ def _pixels(results_dir: Path) -> list[bytes]:
 def test_chunks_finishing_out_of_order_give_the_sequential_result(
     tmp_path: Path, store: JobStore, ct_paths: list[Path]
 ) -> None:
-    sequential_job = _waiting_job(store, ct_paths)
+    sequential_job = receive_files(store, ct_paths)
     assert (
         _worker(_config(tmp_path / "data"), store, FakeTranslator()).process(sequential_job) is JobState.DONE
     )
@@ -74,7 +74,7 @@ def test_chunks_finishing_out_of_order_give_the_sequential_result(
 
     spread = SpreadTranslator()
     with JobStore.open(tmp_path / "other") as other:
-        spread_job = _waiting_job(other, ct_paths)
+        spread_job = receive_files(other, ct_paths)
         assert _worker(_config(tmp_path / "other"), other, spread).process(spread_job) is JobState.DONE
     assert spread.asked == [list(range(0, SLICES, CHUNK))]  # every chunk asked for at once
     assert _pixels(tmp_path / "other" / "results" / str(spread_job)) == expected
@@ -84,7 +84,7 @@ def test_chunks_finishing_out_of_order_give_the_sequential_result(
 def test_a_lost_cluster_sends_the_job_back_to_waiting_and_keeps_finished_chunks(
     tmp_path: Path, store: JobStore, ct_paths: list[Path]
 ) -> None:
-    job_id = _waiting_job(store, ct_paths)
+    job_id = receive_files(store, ct_paths)
     config = _config(tmp_path / "data")
     assert _worker(config, store, SpreadTranslator(lost_after=1)).process(job_id) is JobState.WAITING
     job = store.get_job(job_id)
@@ -99,7 +99,7 @@ def test_a_lost_cluster_sends_the_job_back_to_waiting_and_keeps_finished_chunks(
 def test_a_worker_whose_cluster_is_down_leaves_jobs_waiting(
     tmp_path: Path, store: JobStore, ct_paths: list[Path]
 ) -> None:
-    job_id = _waiting_job(store, ct_paths)
+    job_id = receive_files(store, ct_paths)
     down = SpreadTranslator(ready=False)
     worker = _worker(_config(tmp_path / "data"), store, down)
     worker.idle_poll_seconds = 0.1

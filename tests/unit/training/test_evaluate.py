@@ -10,18 +10,16 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT
 
-from ct2pet_node.engine.pipeline import Pipeline, load_pipeline
+from ct2pet_node.engine import Pipeline, load_pipeline
 from ct2pet_node.errors import InputError
 from ct2pet_node.training.evaluate import (
     METRIC_DEFINITIONS,
     METRIC_NAMES,
-    EvaluationPair,
     evaluate_arrays,
-    load_evaluation_pair,
-    parse_slices,
     score,
     synthesise,
 )
+from ct2pet_node.training.evaluation_pair import EvaluationPair, load_evaluation_pair, parse_slices
 
 DEMO = REPO_ROOT / "weights" / "demo"
 STEPS = 3  # the fewest the linear schedule takes: plumbing, not quality

@@ -11,7 +11,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from ct2pet_node.domain.model_grid import HEAD_FIRST_SUPINE, ModelFrame
-from ct2pet_node.engine.pipeline import load_pipeline
+from ct2pet_node.engine import load_pipeline
 from ct2pet_node.engine.weights import load_manifest
 from ct2pet_node.errors import ConfigError, InputError
 from ct2pet_node.training.dataset import ARRAY_NAMES, MANIFEST_NAME, DatasetStudy, SuvRecord
