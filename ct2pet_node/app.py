@@ -234,6 +234,13 @@ def node_facts(config: Config) -> NodeFacts:
         retention=f"received CT {days(kept.spool_days)}, results {days(kept.results_days)}, "
         f"refused series {days(kept.refused_days)}",
         listen=f"{config.admin.listen_host}:{config.admin.listen_port}",
+        stow=(
+            f"{config.dicomweb.listen_host}:{config.dicomweb.listen_port}"
+            + (", token required" if config.dicomweb.token_file is not None else ", no token (loopback)")
+            if config.dicomweb.enabled
+            else ""
+        ),
+        sources=tuple(f"{source.name} ({source.type})" for source in config.sources),
     )
 
 

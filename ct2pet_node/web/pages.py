@@ -113,11 +113,17 @@ def state_badge(state: JobState | str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class NodeFacts:
-    """What the dashboard shows beyond the status report: TLS, the retention in force, the listen address."""
+    """What the dashboard shows beyond the status report: TLS, retention, where it listens, whom it pulls from.
+
+    ``stow`` is the STOW-RS receiver's address ("" when off); ``sources`` the
+    names of the ``[[sources]]`` that ``fetch`` may pull from.
+    """
 
     tls: bool
     retention: str
     listen: str
+    stow: str = ""
+    sources: tuple[str, ...] = ()
 
 
 def dashboard(report: StatusReport, jobs: Sequence[Job], facts: NodeFacts, now: float) -> str:
@@ -149,6 +155,8 @@ def _node(report: StatusReport, facts: NodeFacts) -> str:
         ),
         ("DICOM", f"{escape(report.ae_title)} on port {report.port}, TLS {'on' if facts.tls else 'off'}"),
         ("admin", escape(facts.listen)),
+        ("DICOMweb in", f"STOW-RS on {escape(facts.stow)}" if facts.stow else "off"),
+        ("sources (fetch)", escape(", ".join(facts.sources)) or "none configured"),
         ("model", f'<span class="uid">{escape(model.id)}</span>'),
         ("output units", escape(model.output_units)),
         ("device", escape(model.device)),

@@ -110,3 +110,20 @@ def test_a_destination_shows_its_address_without_credentials() -> None:
     assert Destination(name="cloud", type="dicomweb", dicomweb=endpoint).address == (
         "https://pacs.example:8443/dicom-web"
     )
+
+
+def test_the_dashboard_names_the_receiver_and_the_sources(tmp_path: Path) -> None:
+    from ct2pet_node.app import node_facts
+
+    quiet = node_facts(load_config())
+    assert (quiet.stow, quiet.sources) == ("", ())
+    config = load_config(
+        write(
+            tmp_path,
+            '[dicomweb]\nlisten = "127.0.0.1:8042"\n'
+            '[[sources]]\nname = "pacs"\nae_title = "PACS"\nhost = "127.0.0.1"\nport = 104\n',
+        )
+    )
+    facts = node_facts(config)
+    assert facts.stow == "127.0.0.1:8042, no token (loopback)"
+    assert facts.sources == ("pacs (dimse)",)

@@ -12,7 +12,13 @@ from ct2pet_node.web.pages import NodeFacts, dashboard
 
 HOSTILE = '<script>alert("x")</script>'
 NOW = 1_800_000_000.0
-FACTS = NodeFacts(tls=True, retention="results 30 days", listen="127.0.0.1:11180")
+FACTS = NodeFacts(
+    tls=True,
+    retention="results 30 days",
+    listen="127.0.0.1:11180",
+    stow="127.0.0.1:8042, token required",
+    sources=("pacs (dimse)",),
+)
 
 
 def _report() -> StatusReport:
@@ -56,7 +62,15 @@ def _external_references(html: str) -> list[str]:
 def test_dashboard_shows_every_part_and_escapes_what_it_was_told() -> None:
     html = dashboard(_report(), [_job()], FACTS, NOW)
     assert HOSTILE not in html and "&lt;script&gt;" in html
-    for shown in ("CT2PET on port 11112, TLS on", "SUVbw", "PACS@10.0.0.5:104", "calling_ae_title: 2", "low"):
+    for shown in (
+        "CT2PET on port 11112, TLS on",
+        "STOW-RS on 127.0.0.1:8042, token required",
+        "pacs (dimse)",
+        "SUVbw",
+        "PACS@10.0.0.5:104",
+        "calling_ae_title: 2",
+        "low",
+    ):
         assert shown in html
     assert '<a href="/jobs/1">job 1</a>' in html and "state-refused" in html and "only 3 slices" in html
     assert 'http-equiv="refresh"' in html and "<script" not in html
