@@ -24,17 +24,28 @@ log = structlog.get_logger(__name__)
 
 STOP_SECONDS = 5.0
 STOW_DRAIN_SECONDS = 20
+# Senders push a series over one or a few connections; more than this at once is a fault or an attack.
+STOW_MAX_CONNECTIONS = 32
 
 
 class HttpListener:
     """One Starlette application on ``host:port``, served by uvicorn on a thread named ``name``.
 
     ``config_key`` names the setting to change when the port is taken;
-    ``drain_seconds`` is how long :meth:`stop` lets requests in flight finish.
+    ``drain_seconds`` is how long :meth:`stop` lets requests in flight finish;
+    beyond ``max_connections`` open at once a request is answered 503, so slow
+    or stuck clients cannot take every file descriptor and thread of the node.
     """
 
     def __init__(
-        self, name: str, host: str, port: int, app: Starlette, config_key: str, drain_seconds: int = 2
+        self,
+        name: str,
+        host: str,
+        port: int,
+        app: Starlette,
+        config_key: str,
+        drain_seconds: int = 2,
+        max_connections: int = 64,
     ) -> None:
         self._name = name
         self._drain_seconds = drain_seconds
@@ -60,6 +71,7 @@ class HttpListener:
             lifespan="off",
             server_header=False,
             timeout_graceful_shutdown=drain_seconds,
+            limit_concurrency=max_connections,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
@@ -103,5 +115,11 @@ class StowServer(HttpListener):
     def __init__(self, host: str, port: int, sources: StowSources) -> None:
         # A series being pushed is worth finishing: what is not answered is sent again.
         super().__init__(
-            "stow", host, port, build_stow_app(sources), "[dicomweb] listen", drain_seconds=STOW_DRAIN_SECONDS
+            "stow",
+            host,
+            port,
+            build_stow_app(sources),
+            "[dicomweb] listen",
+            drain_seconds=STOW_DRAIN_SECONDS,
+            max_connections=STOW_MAX_CONNECTIONS,
         )
