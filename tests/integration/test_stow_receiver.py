@@ -3,8 +3,8 @@
 The node runs in-process (``app.build_server``) on free loopback ports with
 the configuration read from TOML, so the ``[dicomweb]`` keys, the wiring and
 the lifecycle are the ones ``ct2pet-node start`` uses. The synthetic series
-goes all the way through the demo model (few steps: the plumbing, not the
-images); the shared sample's 247 slices are checked as far as the engine.
+and the shared sample's 247 slices go all the way through the demo model
+(few steps: the plumbing, not the images).
 """
 
 from __future__ import annotations
@@ -16,13 +16,11 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
 import pydicom
 import pytest
 import requests
 from ctfactory import make_ct_series, series_uid_for
 from dicomweb_client.api import DICOMwebClient
-from fakes import FakeModel
 
 from ct2pet_node import app
 from ct2pet_node.config import Config, load_config
@@ -33,15 +31,6 @@ pytestmark = pytest.mark.integration
 
 TOKEN = "stow-integration-secret-0123456789"
 STEPS = 3
-
-
-class ZeroTranslator(FakeModel):
-    """The engine's interface without torch: for the sample, whose 247 slices would take minutes on a CPU."""
-
-    device = "cpu"
-
-    def translate_region(self, hu: np.ndarray, **_: object) -> np.ndarray:
-        return np.zeros(hu.shape, dtype=np.float32)
 
 
 def free_port() -> int:
@@ -56,7 +45,7 @@ def node_config(work: Path) -> Config:
     path = work / "node.toml"
     path.write_text(
         f'[node]\nhost = "127.0.0.1"\ndata_dir = {json.dumps(str(work / "data"))}\nmin_free_mb = 0\n'
-        "[routing]\nseries_quiet_seconds = 1.0\nmin_slices = 5\n"
+        "[routing]\nseries_quiet_seconds = 60\nsettle_after_release_seconds = 1\nmin_slices = 5\n"
         f'[engine]\nweights = "demo"\ndevice = "cpu"\nsteps = {STEPS}\n'
         '[output]\nseries = ["pet"]\ngrid = "model"\n'
         f'[dicomweb]\nlisten = "127.0.0.1:{free_port()}"\ntoken_file = {json.dumps(str(token_file))}\n'
@@ -138,14 +127,18 @@ def test_a_stow_push_is_spooled_and_translated_and_a_wrong_token_is_refused(
 
 
 @pytest.mark.slow
-def test_a_stow_push_of_the_sample_is_spooled_and_reaches_the_engine(
+def test_a_stow_push_of_the_sample_is_spooled_settled_and_translated(
     make_node: Callable[..., Server], sample_dir: Path
 ) -> None:
     datasets = [pydicom.dcmread(path) for path in sorted((sample_dir / "CT").iterdir()) if path.is_file()]
     assert len(datasets) == 247
-    server = make_node(translator=ZeroTranslator())
+    server = make_node()
     answer = client(server, TOKEN).store_instances(datasets)
     assert "FailedSOPSequence" not in answer and len(answer.ReferencedSOPSequence) == 247
     assert len(spooled(server)) == 247
-    job = wait_for_job(server, lambda job: job.state is not JobState.RECEIVED, timeout=120)
-    assert job.n_instances == 247 and job.state is not JobState.REFUSED, job
+    job = wait_for_job(server, lambda job: job.state.is_final, timeout=900)
+    assert (job.n_instances, job.state) == (247, JobState.DONE), job
+    # One request brought the whole series: it settled after the request, not after quiet.
+    assert job.details.completed_because is not None and job.details.completed_because.startswith("settled")
+    written = sorted((server.config.node.data_dir / "results").rglob("*.dcm"))
+    assert len(written) == 247 and {pydicom.dcmread(p).Modality for p in written} == {"PT"}
