@@ -48,12 +48,19 @@ class SendFunction(Protocol):
     ) -> list[InstanceResult]: ...
 
 
-def scu_sender(timeouts: scu.ScuTimeouts, progress: ProgressBoard | None = None) -> SendFunction:
-    """The real send function with the given timeouts; each acknowledged instance goes to ``progress``."""
+def _count_sent(progress: ProgressBoard | None) -> Callable[[InstanceResult], None]:
+    """Each acknowledged instance, told to ``progress`` as it is acknowledged (not at the end of a batch)."""
 
     def sent(result: InstanceResult) -> None:
         if progress is not None and result.outcome.acknowledged:
             progress.instance_sent()
+
+    return sent
+
+
+def scu_sender(timeouts: scu.ScuTimeouts, progress: ProgressBoard | None = None) -> SendFunction:
+    """The real send function with the given timeouts; each acknowledged instance goes to ``progress``."""
+    sent = _count_sent(progress)
 
     def send(
         destination: Destination, calling_ae: str, paths: Sequence[Path], cancel: threading.Event
@@ -67,10 +74,7 @@ def scu_sender(timeouts: scu.ScuTimeouts, progress: ProgressBoard | None = None)
 
 def stow_sender(limits: stow.StowLimits, progress: ProgressBoard | None = None) -> SendFunction:
     """STOW-RS to a DICOMweb destination in batches within ``limits``; acknowledged instances go to ``progress``."""
-
-    def sent(result: InstanceResult) -> None:
-        if progress is not None and result.outcome.acknowledged:
-            progress.instance_sent()
+    sent = _count_sent(progress)
 
     def send(
         destination: Destination, calling_ae: str, paths: Sequence[Path], cancel: threading.Event
