@@ -43,6 +43,7 @@ if TYPE_CHECKING:  # the sender pulls in pynetdicom and requests; `convert` uses
     from ct2pet_node.net.scp import StorageScp
     from ct2pet_node.net.scu import ScuTimeouts
     from ct2pet_node.net.stow import StowLimits
+    from ct2pet_node.service.fetch import Fetcher
 
 
 def run(config: Config) -> None:
@@ -69,6 +70,7 @@ def _components(
     config: Config, translator: Translator | None, metrics: NodeMetrics, store: JobStore, outbox: Outbox
 ) -> Components:
     from ct2pet_node.net.scp import StorageScp
+    from ct2pet_node.service.fetch import Fetcher
     from ct2pet_node.service.sender import Sender, counting_sender, peer_sender, scu_sender, stow_sender
     from ct2pet_node.spool.instances import InstanceSpool
 
@@ -131,6 +133,8 @@ def _components(
         cluster = translator
         metrics.read_cluster(lambda: cluster.cluster_snapshot(time.time()))
     errors = RecentErrors()
+    fetcher = Fetcher(config, scp.intake, store, scu_timeouts(config), router.notify_released)
+    fetcher.on_record = metrics.fetch_recorded
     sources = StatusSources(
         config,
         store,
@@ -141,11 +145,12 @@ def _components(
         pid=os.getpid(),
         listener=scp.listener_status,
         progress=progress,
+        fetches=fetcher.recent,
     )
 
     stow = stow_server(config, scp, metrics, router.notify_released)
     try:
-        admin = admin_server(config, sources, metrics, store, scp, router.notify_released)
+        admin = admin_server(config, sources, metrics, store, fetcher)
     except BaseException:
         if stow is not None:
             stow.stop()
@@ -159,11 +164,9 @@ def admin_server(
     sources: StatusSources,
     metrics: NodeMetrics,
     store: JobStore,
-    scp: StorageScp,
-    on_released: Callable[[AssociationReleased], None],
+    fetcher: Fetcher,
 ) -> AdminServer:
     """The admin endpoint on ``[admin] listen``, its socket bound."""
-    from ct2pet_node.service.fetch import Fetcher
 
     def status() -> StatusReport:
         return build_status(sources, time.time())
@@ -179,7 +182,7 @@ def admin_server(
             facts=node_facts(config),
             token=config.admin.token,
             actions=job_actions(config),
-            fetch=Fetcher(config, scp.intake, store, scu_timeouts(config), on_released).fetch,
+            fetch=fetcher.fetch,
         ),
     )
 

@@ -161,3 +161,81 @@ def select_series(
             key=lambda series: (series.series_number is None, series.series_number or 0, series.series_uid),
         )
     )
+
+
+@dataclass(frozen=True, slots=True)
+class FetchRecord:
+    """One fetch as ``status`` and the dashboard list it: when, from where, what came of it.
+
+    Attributes
+    ----------
+    at : float
+        When it ended, seconds since the epoch.
+    series, instances : int
+        CT series taken and instances received (0 for a dry run).
+    jobs : tuple of int
+        The node's jobs for the series taken.
+    error : str or None
+        Why it failed; None when it did not.
+    """
+
+    at: float
+    source: str
+    study_uid: str
+    method: str
+    dry_run: bool = False
+    series: int = 0
+    instances: int = 0
+    jobs: tuple[int, ...] = ()
+    error: str | None = None
+
+    @classmethod
+    def of(cls, at: float, outcome: FetchOutcome) -> FetchRecord:
+        request = outcome.request
+        return cls(
+            at,
+            request.source,
+            request.study_uid,
+            outcome.method,
+            request.dry_run,
+            len(outcome.taken),
+            sum(outcome.received.values()),
+            tuple(sorted(set(outcome.jobs.values()))),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "at": self.at,
+            "source": self.source,
+            "study_uid": self.study_uid,
+            "method": self.method,
+            "dry_run": self.dry_run,
+            "series": self.series,
+            "instances": self.instances,
+            "jobs": list(self.jobs),
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FetchRecord:
+        return cls(
+            float(data.get("at") or 0.0),
+            str(data.get("source", "")),
+            str(data.get("study_uid", "")),
+            str(data.get("method", "")),
+            bool(data.get("dry_run")),
+            int(data.get("series") or 0),
+            int(data.get("instances") or 0),
+            tuple(int(job) for job in data.get("jobs") or ()),
+            data.get("error"),
+        )
+
+    def describe(self) -> str:
+        """One line for people: "study 1.2.3 from pacs by C-MOVE: 2 CT series, 494 instances, jobs 7, 8"."""
+        head = f"study {self.study_uid} from {self.source} by {self.method}"
+        if self.error is not None:
+            return f"{head} failed: {self.error}"
+        if self.dry_run:
+            return f"{head} (dry run): {self.series} CT series found"
+        jobs = ", ".join(str(job) for job in self.jobs) or "none yet"
+        return f"{head}: {self.series} CT series, {self.instances} instances, jobs {jobs}"

@@ -11,23 +11,28 @@ else the quiet time.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 import structlog
 
 from ct2pet_node.config import Config, Source
-from ct2pet_node.domain.fetch import FetchOutcome, FetchRequest, FoundSeries, select_series
+from ct2pet_node.domain.fetch import FetchOutcome, FetchRecord, FetchRequest, FoundSeries, select_series
 from ct2pet_node.domain.records import AssociationReleased, InstanceRecord
 from ct2pet_node.domain.uids import AeTitle
-from ct2pet_node.errors import ConfigError
+from ct2pet_node.errors import ConfigError, Ct2PetError
 from ct2pet_node.net import dicomweb_source, query_retrieve
 from ct2pet_node.net.intake import Arrival, Intake, Outcome
 from ct2pet_node.net.scu import ScuTimeouts
 from ct2pet_node.spool.jobstore import JobStore
 
 log = structlog.get_logger(__name__)
+
+# Fetches `status` and the dashboard list (the log has them all).
+RECENT_FETCHES = 10
 
 
 class Fetcher:
@@ -64,9 +69,25 @@ class Fetcher:
         self._timeouts = timeouts
         # Two fetches of one study at once would race for the same instances; the second waits.
         self._one_at_a_time = threading.Lock()
+        self._recent: deque[FetchRecord] = deque(maxlen=RECENT_FETCHES)
+        self._recent_lock = threading.Lock()
+        self.on_record: Callable[[FetchRecord], None] = lambda _record: None
+
+    def recent(self) -> tuple[FetchRecord, ...]:
+        """The last :data:`RECENT_FETCHES` fetches, oldest first, failed ones too."""
+        with self._recent_lock:
+            return tuple(self._recent)
+
+    def _remember(self, record: FetchRecord) -> None:
+        with self._recent_lock:
+            self._recent.append(record)
+        try:
+            self.on_record(record)
+        except Exception:  # a broken counter must not fail the fetch it counts
+            log.exception("fetch_record_failed")
 
     def fetch(self, request: FetchRequest) -> FetchOutcome:
-        """Find the study's series, select its CT series and retrieve them (unless a dry run).
+        """Find the study's series, select its CT series and retrieve them (unless a dry run); remembered.
 
         Raises
         ------
@@ -77,6 +98,22 @@ class Fetcher:
         SourceError
             The source cannot be reached or refuses.
         """
+        try:
+            outcome = self._fetch(request)
+        except Ct2PetError as error:
+            method = "?"
+            with contextlib.suppress(Ct2PetError):
+                method = _method(self._config.source_named(request.source))
+            self._remember(
+                FetchRecord(
+                    time.time(), request.source, request.study_uid, method, request.dry_run, error=str(error)
+                )
+            )
+            raise
+        self._remember(FetchRecord.of(time.time(), outcome))
+        return outcome
+
+    def _fetch(self, request: FetchRequest) -> FetchOutcome:
         source = self._config.source_named(request.source)
         method = _method(source)
         with self._one_at_a_time:

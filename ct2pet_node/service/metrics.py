@@ -32,6 +32,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from ct2pet_node.domain.cluster import ClusterSnapshot
+from ct2pet_node.domain.fetch import FetchRecord
 from ct2pet_node.domain.jobs import Job, JobState
 
 # The classic text format, which generate_latest writes and every Prometheus server scrapes.
@@ -142,6 +143,19 @@ class NodeMetrics:
             ["code"],
             registry=registry,
         )
+        self.fetches = Counter(
+            "ct2pet_fetches",
+            "Fetches asked of the node (ct2pet-node fetch, POST /fetch), by source, method and result "
+            "(ok, dry_run, failed).",
+            ["source", "method", "result"],
+            registry=registry,
+        )
+        self.fetched_instances = Counter(
+            "ct2pet_fetched_instances",
+            "Instances a fetch retrieved, by source.",
+            ["source"],
+            registry=registry,
+        )
         self.series_completed = Counter(
             "ct2pet_series_completed",
             "Series found complete and qualified by the router (a series reopened by a late "
@@ -246,6 +260,13 @@ class NodeMetrics:
     def stow_answered(self, code: int) -> None:
         """The STOW-RS receiver answered a request with HTTP status ``code``."""
         self.stow_requests.labels(code=str(code)).inc()
+
+    def fetch_recorded(self, record: FetchRecord) -> None:
+        """A fetch ended (``Fetcher.on_record``)."""
+        result = "failed" if record.error is not None else "dry_run" if record.dry_run else "ok"
+        self.fetches.labels(source=record.source, method=record.method, result=result).inc()
+        if record.instances:
+            self.fetched_instances.labels(source=record.source).inc(record.instances)
 
     def job_moved(self, job: Job, previous: JobState) -> None:
         """A job state change, committed (the job store's observer)."""

@@ -12,12 +12,13 @@ fields, as an older node would send.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ct2pet_node import __version__
 from ct2pet_node.domain.cluster import ClusterSnapshot, ClusterView
+from ct2pet_node.domain.fetch import FetchRecord
 from ct2pet_node.domain.jobs import JobState
 from ct2pet_node.routing.retention import disk_warning
 from ct2pet_node.service.progress import job_progress
@@ -136,6 +137,8 @@ class StatusReport:
     engine: str | None = None
     # The cluster's actors, chunks in flight, slices/s and retries; None for the local engine.
     cluster: ClusterSnapshot | None = None
+    # The last fetches (`ct2pet-node fetch`, POST /fetch), oldest first, failed ones too.
+    recent_fetches: tuple[FetchRecord, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """The ``/status`` JSON."""
@@ -159,6 +162,7 @@ class StatusReport:
             "listener": dict(self.listener),
             "disk": None if self.disk is None else dataclasses.asdict(self.disk),
             "active_jobs": [dict(job) for job in self.active_jobs],
+            "recent_fetches": [record.to_json() for record in self.recent_fetches],
             # Only with a cluster engine, so a local node's /status stays as it was.
             **({"engine": self.engine} if self.engine is not None else {}),
             **({"cluster": self.cluster.to_json()} if self.cluster is not None else {}),
@@ -198,6 +202,7 @@ class StatusReport:
             active_jobs=tuple(dict(job) for job in data.get("active_jobs") or ()),
             engine=data.get("engine"),
             cluster=ClusterSnapshot.from_json(data["cluster"]) if data.get("cluster") else None,
+            recent_fetches=tuple(FetchRecord.from_json(entry) for entry in data.get("recent_fetches") or ()),
         )
 
 
@@ -220,6 +225,7 @@ class StatusSources:
     pid: int
     listener: Callable[[], Mapping[str, Any]] | None = None
     progress: ProgressBoard | None = None
+    fetches: Callable[[], Sequence[FetchRecord]] | None = None
 
 
 def build_status(sources: StatusSources, now: float) -> StatusReport:
@@ -261,6 +267,7 @@ def build_status(sources: StatusSources, now: float) -> StatusReport:
         active_jobs=_active_jobs(sources, now),
         engine=_engine_line(translator, counts.get(JobState.WAITING, 0)),
         cluster=translator.cluster_snapshot(now) if isinstance(translator, ClusterView) else None,
+        recent_fetches=tuple(sources.fetches()) if sources.fetches is not None else (),
     )
 
 

@@ -70,6 +70,23 @@ def _cluster_lines(report: StatusReport) -> list[str]:
     return lines
 
 
+def _work_lines(report: StatusReport, now: float) -> list[str]:
+    """What the node is doing: jobs in progress, the longest wait, the last fetches."""
+    lines: list[str] = []
+    if report.current_job is not None:
+        lines.append(f"processing job {report.current_job}")
+    for job in report.active_jobs:
+        progress = JobProgress.from_json(job.get("progress"))
+        if progress.phase is not None:
+            lines.append(f"job {job.get('id')}  {progress.describe()}")
+    oldest = report.oldest_waiting
+    if oldest:
+        lines.append(f"oldest waiting: job {oldest.id}, {_ago(oldest.since, now)}")
+    for fetched in report.recent_fetches[-3:]:
+        lines.append(f"fetch      {_ago(fetched.at, now)}  {fetched.describe()}")
+    return lines
+
+
 def render_status(report: StatusReport, now: float | None = None) -> str:
     """Lines of text from a status report."""
     now = time.time() if now is None else now
@@ -92,15 +109,7 @@ def render_status(report: StatusReport, now: float | None = None) -> str:
         )
         if disk.warning:
             lines.append(f"WARNING    {disk.warning}")
-    if report.current_job is not None:
-        lines.append(f"processing job {report.current_job}")
-    for job in report.active_jobs:
-        progress = JobProgress.from_json(job.get("progress"))
-        if progress.phase is not None:
-            lines.append(f"job {job.get('id')}  {progress.describe()}")
-    oldest = report.oldest_waiting
-    if oldest:
-        lines.append(f"oldest waiting: job {oldest.id}, {_ago(oldest.since, now)}")
+    lines += _work_lines(report, now)
     for destination in report.destinations:
         lines.append(
             f"destination {destination.name} {destination.address}: "

@@ -134,6 +134,7 @@ def dashboard(report: StatusReport, jobs: Sequence[Job], facts: NodeFacts, now: 
         _queues(report),
         _cluster(report),
         _destinations(report),
+        _fetches(report),
         _problems(report),
         _charts(jobs, now),
         _jobs(report, jobs, now),
@@ -191,6 +192,16 @@ def _disk(report: StatusReport, facts: NodeFacts) -> str:
         f'<span style="width:{filled:.0f}%"></span></div>'
     )
     return f"<section><h2>Disk</h2>{bar}{warning}" + table(rows) + "</section>"
+
+
+def _fetches(report: StatusReport) -> str:
+    if not report.recent_fetches:
+        return ""
+    rows = (
+        (when(f.at), escape(f.describe()), " ".join(_job_link(job) for job in f.jobs))
+        for f in reversed(report.recent_fetches)
+    )
+    return '<section class="wide"><h2>Fetches</h2>' + table(rows, ("ended", "what", "jobs")) + "</section>"
 
 
 def _queues(report: StatusReport) -> str:

@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from ctfactory import PATIENT_ID, PATIENT_NAME, make_ct_series, series_uid_for
@@ -88,6 +89,15 @@ class Node:
             timeout=120,
             env=NO_PROXY_ENV,
         )
+
+    def status(self) -> dict[str, Any]:
+        answered = self.namespace.run(
+            [sys.executable, "-m", "ct2pet_node", "status", "--json", "--config", str(self.config)],
+            timeout=60,
+            env=NO_PROXY_ENV,
+        )
+        assert answered.returncode == 0, answered.stderr
+        return dict(json.loads(answered.stdout))
 
     def jobs(self) -> list[Job]:
         with JobStore.open(self.data_dir) as store:
@@ -208,6 +218,14 @@ def test_fetch_pulls_ct_by_c_move_c_get_and_wado_rs_and_says_when_a_study_has_no
             assert unknown.returncode == 2 and "no source named 'nowhere'" in unknown.stderr
             down = node.fetch("--source", "pacs-down", "--study", studies["A"])
             assert down.returncode == 2 and "source pacs-down: cannot connect" in down.stderr
+
+            # status lists the last fetches, failed ones with their reason.
+            fetches = node.status()["recent_fetches"]
+            assert [f["method"] for f in fetches[1:4]] == ["C-MOVE", "C-GET", "WADO-RS"]
+            assert all(f["instances"] == SLICES and f["error"] is None for f in fetches[1:4])
+            assert fetches[0]["dry_run"] and fetches[0]["instances"] == 0
+            assert "cannot connect" in (fetches[-1]["error"] or "")
+            assert "has no CT series" in (fetches[-4]["error"] or "")
         finally:
             node.stop()
     logged = node.log_path.read_text(errors="replace")

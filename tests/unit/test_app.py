@@ -87,6 +87,7 @@ STATUS_FIELDS = {
     "listener",
     "disk",
     "active_jobs",
+    "recent_fetches",
 }
 
 

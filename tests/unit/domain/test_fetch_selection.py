@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ct2pet_node.domain.fetch import FetchOutcome, FetchRequest, FoundSeries, select_series
+from ct2pet_node.domain.fetch import FetchOutcome, FetchRecord, FetchRequest, FoundSeries, select_series
 from ct2pet_node.domain.uids import SeriesUid, StudyUid
 from ct2pet_node.errors import InputError
 
@@ -84,3 +84,20 @@ def test_the_answer_lists_uids_counts_and_jobs() -> None:
             }
         ],
     }
+
+
+def test_a_fetch_record_says_what_came_of_it_and_survives_json() -> None:
+    study = StudyUid("1.2.826.0.1.3680043.10.9")
+    found = FoundSeries(study, SeriesUid("1.2.826.0.1.3680043.10.9.1"), "CT", 2, 247)
+    outcome = FetchOutcome(
+        FetchRequest("pacs", study), "C-MOVE", (found,), {found.series_uid: 247}, {found.series_uid: 7}
+    )
+    record = FetchRecord.of(100.0, outcome)
+    assert record.describe() == f"study {study} from pacs by C-MOVE: 1 CT series, 247 instances, jobs 7"
+    assert FetchRecord.from_json(record.to_json()) == record
+    failed = FetchRecord(101.0, "pacs", study, "C-MOVE", error="source pacs: cannot connect")
+    assert failed.describe().endswith("failed: source pacs: cannot connect")
+    dry = FetchRecord.of(
+        102.0, FetchOutcome(FetchRequest("pacs", study, dry_run=True), "C-MOVE", (found,), {})
+    )
+    assert dry.describe().endswith("(dry run): 1 CT series found") and dry.instances == 0

@@ -8,6 +8,7 @@ import pytest
 from jobpaths import move_to
 
 from ct2pet_node.domain.cluster import ActorActivity, ClusterSnapshot
+from ct2pet_node.domain.fetch import FetchRecord
 from ct2pet_node.domain.jobs import JobState
 from ct2pet_node.domain.records import InstanceRecord
 from ct2pet_node.domain.uids import AeTitle, SeriesUid, SopInstanceUid, StudyUid, Uid
@@ -121,3 +122,13 @@ def test_a_cluster_engine_exposes_actors_chunks_speed_and_retries_at_each_scrape
 
 def test_a_local_engine_has_no_cluster_series() -> None:
     assert "ct2pet_cluster" not in NodeMetrics().render().decode()
+
+
+def test_fetches_are_counted_by_result_and_their_instances_by_source() -> None:
+    metrics = NodeMetrics()
+    metrics.fetch_recorded(FetchRecord(1.0, "pacs", "1.2.3", "C-GET", series=1, instances=247, jobs=(4,)))
+    metrics.fetch_recorded(FetchRecord(2.0, "pacs", "1.2.3", "C-GET", dry_run=True, series=1))
+    metrics.fetch_recorded(FetchRecord(3.0, "pacs", "1.2.4", "C-GET", error="cannot connect"))
+    for result in ("ok", "dry_run", "failed"):
+        assert metrics.sample("ct2pet_fetches_total", source="pacs", method="C-GET", result=result) == 1
+    assert metrics.sample("ct2pet_fetched_instances_total", source="pacs") == 247

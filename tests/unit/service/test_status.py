@@ -126,6 +126,7 @@ def test_the_json_keeps_its_field_names_and_reads_back(sources: StatusSources) -
         "listener",
         "disk",
         "active_jobs",
+        "recent_fetches",
     ]
     assert set(encoded["disk"]) == {"data_dir_free_mb", "min_free_mb", "warn_free_mb", "warning"}
     assert set(encoded["model"]) == {"id", "output_units", "device", "steps", "eta"}

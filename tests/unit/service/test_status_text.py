@@ -138,3 +138,28 @@ def test_a_cluster_shows_its_totals_then_a_line_per_actor() -> None:
     assert "  actor-0  gpu-a cuda:0: 1 in flight, 2.50 slices/s, 160 slices done" in lines
     assert "  actor-1  gpu-b cpu: 0 in flight, 0.25 slices/s, 16 slices done, restarted 1x" in lines
     assert not any(line.startswith("cluster") for line in render_status(_report(), NOW).splitlines())
+
+
+def test_the_last_fetches_are_shown_failed_ones_with_their_reason() -> None:
+    fetches = [
+        {
+            "at": NOW - 120,
+            "source": "pacs",
+            "study_uid": "1.2.3",
+            "method": "C-MOVE",
+            "series": 1,
+            "instances": 247,
+            "jobs": [9],
+        },
+        {
+            "at": NOW - 60,
+            "source": "web",
+            "study_uid": "1.2.4",
+            "method": "WADO-RS",
+            "error": "study 1.2.4 has no CT series (found: PT); nothing to fetch",
+        },
+    ]
+    text = render_status(_report(recent_fetches=fetches), now=NOW)
+    assert "study 1.2.3 from pacs by C-MOVE: 1 CT series, 247 instances, jobs 9" in text
+    assert "study 1.2.4 from web by WADO-RS failed: study 1.2.4 has no CT series (found: PT)" in text
+    assert "fetch " not in render_status(_report(), now=NOW)

@@ -140,3 +140,22 @@ def test_a_cluster_engine_gets_a_row_per_actor_and_a_local_one_no_section() -> N
     assert "<td>actor-0</td>" in html and "<td>cuda:0</td>" in html and "<td>2.50</td>" in html
     assert HOSTILE not in html
     assert "Engine cluster" not in dashboard(_report(), [], FACTS, NOW)
+
+
+def test_the_last_fetches_get_a_section_with_links_to_their_jobs() -> None:
+    raw = _report().to_json()
+    raw["recent_fetches"] = [
+        {
+            "at": NOW,
+            "source": "pacs",
+            "study_uid": "1.2.3",
+            "method": "C-MOVE",
+            "series": 1,
+            "instances": 8,
+            "jobs": [4],
+        }
+    ]
+    html = dashboard(StatusReport.from_json(raw), [], FACTS, NOW)
+    assert "<h2>Fetches</h2>" in html and "study 1.2.3 from pacs by C-MOVE: 1 CT series, 8 instances" in html
+    assert '<a href="/jobs/4">job 4</a>' in html
+    assert "<h2>Fetches</h2>" not in dashboard(_report(), [], FACTS, NOW)
