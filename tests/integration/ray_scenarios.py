@@ -58,14 +58,15 @@ class Cluster:
 
     def kill(self) -> None:
         """SIGKILL every process of the cluster (by the process groups this script started)."""
-        for process in self.groups:
+        # Taken first, so processes a start() adds meanwhile are not forgotten with these.
+        groups, self.groups = self.groups, []
+        temps, self.temps = self.temps, []
+        for process in groups:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-        self.groups = []
-        for temp in self.temps:
+        for temp in temps:
             shutil.rmtree(temp, ignore_errors=True)
-        self.temps = []
 
 
 def wait_ready(translator: Any, seconds: float = 180) -> None:
@@ -207,6 +208,9 @@ def head_lost(translator: Any, cluster: Cluster, config: Any, work: Path) -> dic
         killer = threading.Thread(target=kill_after_a_checkpoint, daemon=True)
         killer.start()
         found["state_after_loss"] = worker.process(job.id)
+        # The worker may see the head gone before kill() has reaped every process and forgotten them;
+        # starting the cluster again meanwhile would have the new processes forgotten with the old.
+        killer.join(timeout=120)
         waiting = store.get_job(job.id)
         found["reason_after_loss"] = waiting.reason if waiting else None
         found["status_line"] = translator.cluster_status(1)
