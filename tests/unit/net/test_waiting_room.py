@@ -87,7 +87,8 @@ def test_a_silent_connection_is_closed_after_the_request_timeout() -> None:
         client = room.connect()
         started = time.monotonic()
         assert client.recv(16) == b""  # closed by the node
-        assert 0.25 < time.monotonic() - started < 2.0
+        # The upper bound only says the timeout closed it; a loaded machine is slow to get there.
+        assert 0.25 < time.monotonic() - started < 5.0
         assert room.room.dropped() == {"request_timeout": 1}
         client.close()
     finally:
