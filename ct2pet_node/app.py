@@ -133,8 +133,9 @@ def _components(
         cluster = translator
         metrics.read_cluster(lambda: cluster.cluster_snapshot(time.time()))
     errors = RecentErrors()
-    fetcher = Fetcher(config, scp.intake, store, scu_timeouts(config), router.notify_released)
-    fetcher.on_record = metrics.fetch_recorded
+    fetcher = Fetcher(
+        config, scp.intake, store, scu_timeouts(config), router.notify_released, metrics.fetch_recorded
+    )
     sources = StatusSources(
         config,
         store,

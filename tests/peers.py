@@ -28,8 +28,10 @@ import ctypes
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -198,6 +200,51 @@ class NetNamespace:
                             f"nothing listens on port {port} in the namespace after {timeout} s"
                         ) from None
                     time.sleep(0.05)
+
+
+class NodeProcess:
+    """``python -m ct2pet_node start`` inside a namespace, and its CLI; config, data and log under ``work``.
+
+    A test writes :attr:`config` before :meth:`start`; ``ports`` are what
+    :meth:`start` waits to see listening; ``env`` is the environment of the
+    node and of each CLI call (None: this process's).
+    """
+
+    def __init__(
+        self, namespace: NetNamespace, work: Path, ports: Sequence[int], env: dict[str, str] | None = None
+    ) -> None:
+        self.namespace = namespace
+        work.mkdir(parents=True, exist_ok=True)
+        self.data_dir = work / "data"
+        self.config = work / "node.toml"
+        self.log_path = work / "node.log"
+        self.ports = tuple(ports)
+        self.env = env
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = self.namespace.popen(
+                [sys.executable, "-m", "ct2pet_node", "--log-json", "start", "--config", self.config],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+            )
+        for port in self.ports:
+            self.namespace.wait_for_port(port, 60, self.process)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            assert self.process.wait(60) == 0
+        self.process = None
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return self.namespace.run(
+            [sys.executable, "-m", "ct2pet_node", *args, "--config", str(self.config)],
+            timeout=timeout,
+            env=self.env,
+        )
 
 
 class StorescpPeer:

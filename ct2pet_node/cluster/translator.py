@@ -16,7 +16,7 @@ import multiprocessing
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -242,7 +242,7 @@ class RayTranslator:
         eta: float | None,
         seed: int | None,
         first_slice_index: int = 0,
-    ) -> Iterator[tuple[range, np.ndarray]]:
+    ) -> Generator[tuple[range, np.ndarray]]:
         """Each chunk of ``region_hu`` (indices into it) with its (len, S, S) PET, in the order they finish.
 
         Safe to call from several engine threads at once: each call is one

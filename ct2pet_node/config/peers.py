@@ -8,6 +8,7 @@ default; AE title, host, port) or "dicomweb" (a URL and its authentication,
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from ct2pet_node.config.checks import Checker, is_host, is_port
@@ -18,14 +19,16 @@ from ct2pet_node.domain.uids import is_valid_ae_title
 _DIMSE_KEYS = frozenset({"ae_title", "host", "port"})
 
 
+@dataclass(frozen=True, slots=True)
 class _Peer:
     """The keys every peer table shares, read once."""
 
-    def __init__(
-        self, name: str, type: str, ae_title: str, host: str, port: int, dicomweb: DicomwebEndpoint | None
-    ):
-        self.name, self.type, self.ae_title, self.host, self.port = name, type, ae_title, host, port
-        self.dicomweb = dicomweb
+    name: str
+    type: str
+    ae_title: str
+    host: str
+    port: int
+    dicomweb: DicomwebEndpoint | None
 
 
 def _peers(

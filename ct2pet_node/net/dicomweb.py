@@ -81,6 +81,7 @@ def client_for(
     chunk_bytes: int = 10**6,
     on_response: Callable[[requests.Response], None] | None = None,
     session: requests.Session | None = None,
+    attempts: int = 1,
 ) -> DICOMwebClient:
     """A client for the endpoint's service root (STOW-RS, QIDO-RS and WADO-RS paths below it).
 
@@ -94,6 +95,10 @@ def client_for(
     session : requests.Session, optional
         From :func:`session_for`, for a caller that closes it when done
         (dicomweb-client never closes its session); None makes one.
+    attempts : int
+        HTTP attempts per request. One for a destination: the outbox owns
+        retries and their schedule, and a second, hidden layer would multiply
+        the waits. An operator's query may ride out a blip with two.
     """
 
     def hook(response: requests.Response, *_: object, **__: object) -> None:
@@ -107,8 +112,10 @@ def client_for(
         chunk_size=chunk_bytes,
         callback=hook if on_response is not None else None,
     )
-    # The outbox owns retries and their schedule; a second, hidden layer would multiply the waits.
-    client.set_http_retry_params(retry=False)
+    if attempts > 1:
+        client.set_http_retry_params(max_attempts=attempts)
+    else:
+        client.set_http_retry_params(retry=False)
     return client
 
 

@@ -13,17 +13,20 @@ from typing import Any
 
 import requests
 import structlog
-from dicomweb_client.api import DICOMwebClient
 
 from ct2pet_node.config import DicomwebEndpoint
 from ct2pet_node.domain.fetch import FoundSeries
 from ct2pet_node.domain.uids import AeTitle, SeriesUid, StudyUid, is_valid_uid
 from ct2pet_node.errors import SourceError
-from ct2pet_node.net.dicomweb import session_for
+from ct2pet_node.net.dicomweb import client_for, session_for
 from ct2pet_node.net.intake import NOT_CT, Arrival, Outcome
 from ct2pet_node.net.part10 import Unreadable, arrival_of_dataset
 
 log = structlog.get_logger(__name__)
+
+# The library's default, five attempts with exponential back-off, keeps an operator waiting 30 s
+# to hear that a PACS is down; one retry still rides out a blip.
+QUERY_ATTEMPTS = 2
 
 _SERIES_UID = "0020000E"
 _MODALITY = "00080060"
@@ -40,7 +43,7 @@ def search_series(name: str, endpoint: DicomwebEndpoint, study_uid: StudyUid) ->
         The service cannot be reached or answers with an error.
     """
     session = session_for(endpoint)
-    client = _client(endpoint, session)
+    client = client_for(endpoint, session=session, attempts=QUERY_ATTEMPTS)
     try:
         answers = client.search_for_series(
             study_instance_uid=study_uid,
@@ -71,7 +74,7 @@ def retrieve_series(
         The service cannot be reached, or some instances could not be kept.
     """
     session = session_for(endpoint)
-    client = _client(endpoint, session)
+    client = client_for(endpoint, session=session, attempts=QUERY_ATTEMPTS)
     kept = refused = 0
     # Recorded as the instances' calling AE title, where a pushed instance has its sender's.
     via = AeTitle(name[:16])
@@ -97,14 +100,6 @@ def retrieve_series(
         )
     log.info("series_retrieved", source=name, series_uid=series_uid, method="WADO-RS", instances=kept)
     return kept
-
-
-def _client(endpoint: DicomwebEndpoint, session: requests.Session) -> DICOMwebClient:
-    client = DICOMwebClient(url=endpoint.url, session=session)
-    # The library's default, five attempts with exponential back-off, keeps an operator waiting 30 s
-    # to hear that a PACS is down; one retry still rides out a blip.
-    client.set_http_retry_params(max_attempts=2)
-    return client
 
 
 def _unreachable(name: str, endpoint: DicomwebEndpoint, what: str, error: Exception) -> SourceError:

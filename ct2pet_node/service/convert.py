@@ -21,7 +21,7 @@ from ct2pet_node.errors import EngineError, InputError, SeriesRefused
 from ct2pet_node.routing.qualify import qualify_series
 from ct2pet_node.service.checkpoints import chunk_ranges
 from ct2pet_node.service.synthesis import Sampling, WrittenSeries, map_to_model, write_outputs
-from ct2pet_node.service.translator import Translator
+from ct2pet_node.service.translator import SpreadsChunks, Translator
 from ct2pet_node.service.worker import CHUNK_SLICES
 
 log = structlog.get_logger(__name__)
@@ -93,7 +93,7 @@ def convert_volume(
     mapping = map_to_model(ct, translator.frame)
     log.info("model_grid_mapped", series_uid=ct.series_uid, geometry=mapping.describe())
     region = mapping.to_region(ct.hu)
-    if hasattr(translator, "translate_chunks"):
+    if isinstance(translator, SpreadsChunks):
         values = _translate_spread(translator, region, mapping.matrix, ct.kvp, sampling, progress)
     else:
         values = translator.translate_region(
@@ -118,7 +118,7 @@ def convert_volume(
 
 
 def _translate_spread(
-    translator: Translator,
+    translator: SpreadsChunks,
     region: np.ndarray,
     matrix: int,
     kvp: float | None,
@@ -130,7 +130,7 @@ def _translate_spread(
     chunks = chunk_ranges(count, CHUNK_SLICES)
     out = np.empty((count, matrix, matrix), dtype=np.float32)
     done = 0
-    finished = translator.translate_chunks(  # type: ignore[attr-defined]
+    finished = translator.translate_chunks(
         region, chunks, kvp=kvp, steps=sampling.steps, eta=sampling.eta, seed=sampling.seed
     )
     try:

@@ -52,6 +52,8 @@ class Fetcher:
         SCP tells the router at a clean release, so a retrieved series settles
         instead of waiting for the quiet rule (a C-MOVE arrives through the SCP,
         which does this itself).
+    on_record : callable or None
+        Told each fetch as it ends, failed ones too (the node's metrics).
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class Fetcher:
         store: JobStore,
         timeouts: ScuTimeouts,
         on_released: Callable[[AssociationReleased], None] | None = None,
+        on_record: Callable[[FetchRecord], None] | None = None,
     ) -> None:
         self._config = config
         self._intake = intake
@@ -71,7 +74,7 @@ class Fetcher:
         self._one_at_a_time = threading.Lock()
         self._recent: deque[FetchRecord] = deque(maxlen=RECENT_FETCHES)
         self._recent_lock = threading.Lock()
-        self.on_record: Callable[[FetchRecord], None] = lambda _record: None
+        self._on_record = on_record
 
     def recent(self) -> tuple[FetchRecord, ...]:
         """The last :data:`RECENT_FETCHES` fetches, oldest first, failed ones too."""
@@ -81,8 +84,10 @@ class Fetcher:
     def _remember(self, record: FetchRecord) -> None:
         with self._recent_lock:
             self._recent.append(record)
+        if self._on_record is None:
+            return
         try:
-            self.on_record(record)
+            self._on_record(record)
         except Exception:  # a broken counter must not fail the fetch it counts
             log.exception("fetch_record_failed")
 

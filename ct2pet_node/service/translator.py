@@ -8,7 +8,8 @@ whichever they are given.
 
 from __future__ import annotations
 
-from typing import Protocol, Unpack
+from collections.abc import Generator, Sequence
+from typing import Protocol, Unpack, runtime_checkable
 
 import numpy as np
 
@@ -28,4 +29,23 @@ class Translator(Protocol):
 
     def translate_region(self, region_hu: np.ndarray, **request: Unpack[TranslationRequest]) -> np.ndarray:
         """(N, H, W) CT regions in HU (:meth:`GridMapping.to_region`) -> (N, S, S) on the model grid."""
+        ...
+
+
+@runtime_checkable
+class SpreadsChunks(Protocol):
+    """A translator that takes a volume's chunks all at once and spreads them (the cluster's)."""
+
+    def translate_chunks(
+        self,
+        region_hu: np.ndarray,
+        chunks: Sequence[range],
+        *,
+        kvp: float | None,
+        steps: int | None,
+        eta: float | None,
+        seed: int | None,
+        first_slice_index: int = 0,
+    ) -> Generator[tuple[range, np.ndarray]]:
+        """Each chunk of ``region_hu`` with its (len, S, S) PET, in the order they finish."""
         ...

@@ -37,7 +37,7 @@ from ct2pet_node.service.metrics import NodeMetrics
 from ct2pet_node.service.progress import ProgressBoard
 from ct2pet_node.service.queue import EngineQueue
 from ct2pet_node.service.synthesis import Sampling, WrittenSeries, map_to_model, write_outputs
-from ct2pet_node.service.translator import Translator
+from ct2pet_node.service.translator import SpreadsChunks, Translator
 from ct2pet_node.spool.jobstore import JobStore
 
 log = structlog.get_logger(__name__)
@@ -263,8 +263,8 @@ class EngineWorker:
 
     def _translate(self, job_id: int, ct: CtVolume, mapping: GridMapping) -> tuple[np.ndarray, int]:
         """The PET values (z, S, S) on the model grid, and how many slices came from checkpoints."""
-        if hasattr(self.translator, "translate_chunks"):
-            return self._translate_spread(job_id, ct, mapping)
+        if isinstance(self.translator, SpreadsChunks):
+            return self._translate_spread(self.translator, job_id, ct, mapping)
         region = mapping.to_region(ct.hu)
         count, size = region.shape[0], mapping.matrix
         checkpoints = self._checkpoints(job_id, ct, mapping)
@@ -301,7 +301,9 @@ class EngineWorker:
 
         return report
 
-    def _translate_spread(self, job_id: int, ct: CtVolume, mapping: GridMapping) -> tuple[np.ndarray, int]:
+    def _translate_spread(
+        self, translator: SpreadsChunks, job_id: int, ct: CtVolume, mapping: GridMapping
+    ) -> tuple[np.ndarray, int]:
         """:meth:`_translate` on a translator that runs many chunks at once (a Ray cluster's actors).
 
         Same checkpoints and chunk boundaries as the local path, so either may
@@ -323,7 +325,7 @@ class EngineWorker:
         self.progress.slices_done(job_id, reused, translated=False)
         if missing and self._stop.is_set():
             raise StopRequested
-        finished = self.translator.translate_chunks(  # type: ignore[attr-defined]
+        finished = translator.translate_chunks(
             region,
             missing,
             kvp=ct.kvp,

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +19,7 @@ from typing import Any
 
 import pytest
 from ctfactory import PATIENT_ID, PATIENT_NAME, make_ct_series, series_uid_for
-from peers import NetNamespace, OrthancPeer, namespaces_unavailable
+from peers import NetNamespace, NodeProcess, OrthancPeer, namespaces_unavailable
 from pydicom.uid import generate_uid
 
 from ct2pet_node.domain.jobs import Job, JobState
@@ -54,48 +52,18 @@ def _node_config(data_dir: Path, weights: Path) -> str:
     )
 
 
-class Node:
+class Node(NodeProcess):
     """``python -m ct2pet_node start`` in the namespace, and its CLI."""
 
     def __init__(self, namespace: NetNamespace, work: Path, weights: Path) -> None:
-        self.namespace = namespace
-        work.mkdir(parents=True, exist_ok=True)
-        self.data_dir = work / "data"
-        self.config = work / "node.toml"
+        super().__init__(namespace, work, [SCP_PORT, ADMIN_PORT], env=NO_PROXY_ENV)
         self.config.write_text(_node_config(self.data_dir, weights))
-        self.log_path = work / "node.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.process = self.namespace.popen(
-                [sys.executable, "-m", "ct2pet_node", "--log-json", "start", "--config", self.config],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=NO_PROXY_ENV,
-            )
-        self.namespace.wait_for_port(SCP_PORT, 60, self.process)
-        self.namespace.wait_for_port(ADMIN_PORT, 30, self.process)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            assert self.process.wait(60) == 0
-        self.process = None
 
     def fetch(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return self.namespace.run(
-            [sys.executable, "-m", "ct2pet_node", "fetch", *args, "--config", str(self.config)],
-            timeout=120,
-            env=NO_PROXY_ENV,
-        )
+        return self.cli("fetch", *args, timeout=120)
 
     def status(self) -> dict[str, Any]:
-        answered = self.namespace.run(
-            [sys.executable, "-m", "ct2pet_node", "status", "--json", "--config", str(self.config)],
-            timeout=60,
-            env=NO_PROXY_ENV,
-        )
+        answered = self.cli("status", "--json")
         assert answered.returncode == 0, answered.stderr
         return dict(json.loads(answered.stdout))
 

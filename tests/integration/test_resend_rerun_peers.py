@@ -8,8 +8,6 @@ rerun and resend with the node running are picked up without a restart.
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from ctfactory import make_ct_series
-from peers import DCMTK_ENV, NetNamespace, StorescpPeer, dcmtk_tool, namespaces_unavailable
+from peers import DCMTK_ENV, NetNamespace, NodeProcess, StorescpPeer, dcmtk_tool, namespaces_unavailable
 
 from ct2pet_node.domain.jobs import Job, JobState
 from ct2pet_node.spool.jobstore import JobStore
@@ -29,17 +27,12 @@ SLICES = 8
 KINDS = ("secondary-capture", "pet")
 
 
-class Node:
+class Node(NodeProcess):
     """``python -m ct2pet_node start`` in the namespace; its configuration rewritten between runs."""
 
     def __init__(self, namespace: NetNamespace, work: Path, weights: Path) -> None:
-        self.namespace = namespace
-        work.mkdir(parents=True, exist_ok=True)
-        self.data_dir = work / "data"
-        self.config = work / "node.toml"
-        self.log_path = work / "node.log"
+        super().__init__(namespace, work, [SCP_PORT])
         self.weights = weights
-        self.process: subprocess.Popen[bytes] | None = None
 
     def configure(self, *peers: StorescpPeer) -> None:
         toml = (
@@ -54,26 +47,6 @@ class Node:
                 f'host = "127.0.0.1"\nport = {peer.port}\n'
             )
         self.config.write_text(toml)
-
-    def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.process = self.namespace.popen(
-                [sys.executable, "-m", "ct2pet_node", "--log-json", "start", "--config", self.config],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        self.namespace.wait_for_port(SCP_PORT, 60, self.process)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            assert self.process.wait(60) == 0
-        self.process = None
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return self.namespace.run(
-            [sys.executable, "-m", "ct2pet_node", *args, "--config", str(self.config)], timeout=60
-        )
 
     def post(self, path: str) -> int:
         """The HTTP status the node's admin endpoint answers a POST to ``path`` with."""

@@ -11,10 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -24,7 +21,7 @@ from typing import Any
 
 import pytest
 from ctfactory import make_ct_series
-from peers import DCMTK_ENV, NetNamespace, OrthancPeer, dcmtk_tool, namespaces_unavailable
+from peers import DCMTK_ENV, NetNamespace, NodeProcess, OrthancPeer, dcmtk_tool, namespaces_unavailable
 from pydicom import dcmread
 
 from ct2pet_node.config import Destination, DicomwebEndpoint
@@ -181,15 +178,11 @@ SLICES = 6
 KINDS = ("secondary-capture", "pet")
 
 
-class Node:
+class Node(NodeProcess):
     """``python -m ct2pet_node start`` in the namespace, delivering to one DICOMweb destination."""
 
     def __init__(self, namespace: NetNamespace, work: Path, weights: Path, orthanc: DicomwebOrthanc) -> None:
-        self.namespace = namespace
-        work.mkdir(parents=True, exist_ok=True)
-        self.data_dir = work / "data"
-        self.config = work / "node.toml"
-        self.log_path = work / "node.log"
+        super().__init__(namespace, work, [SCP_PORT])
         password = _secret(work, "orthanc.password", PASSWORD)
         self.config.write_text(
             f'[node]\nhost = "127.0.0.1"\nport = {SCP_PORT}\ndata_dir = {json.dumps(str(self.data_dir))}\n'
@@ -200,27 +193,6 @@ class Node:
             "[delivery]\nretry_delays_seconds = [0.5]\nmax_attempts = 50\nstow_batch_instances = 2\n"
             f'[[destinations]]\nname = "orthanc"\ntype = "dicomweb"\nurl = "{orthanc.url}"\n'
             f'username = "{USER}"\npassword_file = {json.dumps(str(password))}\n'
-        )
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.process = self.namespace.popen(
-                [sys.executable, "-m", "ct2pet_node", "--log-json", "start", "--config", self.config],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        self.namespace.wait_for_port(SCP_PORT, 60, self.process)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            assert self.process.wait(60) == 0
-        self.process = None
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return self.namespace.run(
-            [sys.executable, "-m", "ct2pet_node", *args, "--config", str(self.config)], timeout=60
         )
 
     def job(self) -> Job:

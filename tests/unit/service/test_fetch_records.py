@@ -35,9 +35,8 @@ def test_failed_fetches_are_remembered_with_their_reason_and_counted(tmp_path: P
     config = load_config(path)
     with JobStore.open(tmp_path / "data") as store:
         intake = Intake(InstanceSpool(tmp_path / "data", 0), store, lambda _record: None, 1 << 20)
-        fetcher = Fetcher(config, intake, store, scu_timeouts(config))
         told: list[FetchRecord] = []
-        fetcher.on_record = told.append
+        fetcher = Fetcher(config, intake, store, scu_timeouts(config), on_record=told.append)
         with pytest.raises(SourceError):
             fetcher.fetch(FetchRequest("down", STUDY))
         with pytest.raises(ConfigError):
