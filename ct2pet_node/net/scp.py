@@ -142,7 +142,6 @@ class StorageScp:
         self._tcp_nodelay = tcp_nodelay
         self._io_timeout = node.network_timeout_seconds
         self._ssl_context = tls.server_context(security)  # ConfigError now, not at the first client
-        self._max_instance_bytes = security.max_instance_mb * 1024 * 1024
         self._server: GuardedAssociationServer | None = None
         self._thread: threading.Thread | None = None
         self._node = node
@@ -210,7 +209,7 @@ class StorageScp:
             (evt.EVT_ABORTED, self._handle_aborted),
             (evt.EVT_ABORTED, self._deliveries.on_aborted),
             (evt.EVT_RELEASED, self._deliveries.on_released),
-            (evt.EVT_PDU_RECV, pdu_guard(self._max_instance_bytes, CT_STORAGE_SOP_CLASSES)),
+            (evt.EVT_PDU_RECV, pdu_guard(self._intake.max_instance_bytes, CT_STORAGE_SOP_CLASSES)),
         ]
         self._spool.sweep_partial_files()  # a crash mid-write left them; never acknowledged
         try:
